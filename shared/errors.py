@@ -1,0 +1,80 @@
+"""Exception hierarchy. Domain errors know nothing of HTTP; couch.py maps them to statuses."""
+
+
+class TongbanError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    #: CouchDB's ``error`` word for this kind of failure (a protocol name, not an HTTP detail).
+    error = "unknown_error"
+
+    def __init__(self, reason="", *, original=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.original = original
+
+
+class ConfigurationError(TongbanError):
+    """A node's configuration is missing or invalid."""
+
+    error = "configuration_error"
+
+
+class BadRequest(TongbanError):
+    """The request or document is malformed."""
+
+    error = "bad_request"
+
+
+class InvalidDocId(BadRequest):
+    """A document id that is not allowed."""
+
+    error = "illegal_docid"
+
+
+class DocValidation(BadRequest):
+    """A document with a member CouchDB does not allow."""
+
+    error = "doc_validation"
+
+
+class NotFound(TongbanError):
+    """No such document, revision or resource."""
+
+    error = "not_found"
+
+
+class Conflict(TongbanError):
+    """An update that does not extend a current leaf."""
+
+    error = "conflict"
+
+    def __init__(self, reason="Document update conflict.", **kwargs):
+        super().__init__(reason, **kwargs)
+
+
+class Forbidden(TongbanError):
+    """The caller may not read or write this."""
+
+    error = "forbidden"
+
+
+class Unauthorized(TongbanError):
+    """No valid credentials."""
+
+    error = "unauthorized"
+
+
+class DocumentTooLarge(TongbanError):
+    """A document over the node's configured size limit."""
+
+    error = "document_too_large"
+
+
+class PeerError(TongbanError):
+    """A replication peer failed (unreachable, or answered with an error)."""
+
+    error = "peer_error"
+
+    def __init__(self, reason="", *, status=None, original=None):
+        super().__init__(reason, original=original)
+        self.status = status
