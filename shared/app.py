@@ -1,0 +1,72 @@
+"""The only Flask factory: one codebase for every tier."""
+
+import importlib
+import logging
+
+from flask import Flask
+
+from shared import config as cfg
+from shared import db as dbmod
+from shared.errors import ConfigurationError
+from shared.models import MODELS
+from shared.store.projections import default_projections
+from shared.store.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def tier_module(tier):
+    """The package that holds what differs for ``tier`` (county, township or village)."""
+    if tier not in cfg.TIERS:
+        raise ConfigurationError(f"unknown tier {tier!r}")
+    return importlib.import_module(tier)
+
+
+def open_store(config):
+    """Open the node's store with its projections, as configured."""
+    store = Store(config["DB_PATH"], revs_limit=config["REVS_LIMIT"],
+                  max_document_size=config["MAX_DOCUMENT_SIZE"])
+    for projection in default_projections():
+        store.add_projection(projection)
+    dbmod.database.initialize(store.db)
+    store.db.create_tables(MODELS, safe=True)
+    return store
+
+
+def create_app(config=None, node_dir=None):
+    """Build the node's web app.
+
+    :param config: a dict of settings applied last (tests pass one).
+    :param node_dir: a node directory whose ``tongban.json`` is read first.
+    """
+    merged = dict(cfg.DEFAULTS)
+    if node_dir is not None:
+        merged.update(cfg.load_config(node_dir))
+    tier = (config or {}).get("TIER") or merged.get("TIER")
+    module = tier_module(tier)
+    merged.update(getattr(module, "DEFAULTS", {}))
+    if node_dir is not None:
+        merged.update(cfg.load_config(node_dir))
+    merged.update(config or {})
+    cfg.validate(merged)
+
+    app = Flask(__name__, template_folder="templates", static_folder="static")
+    app.config.update(merged)
+    app.config["MAX_CONTENT_LENGTH"] = merged["MAX_REQUEST_SIZE"]
+    app.json.ensure_ascii = False
+    app.extensions["store"] = open_store(merged)
+
+    from shared import couch
+    from shared.views import home
+
+    couch.init_app(app)
+    home.init_app(app)
+    module.init_app(app)
+    return app
+
+
+def get_store(app=None):
+    """The store of the current (or given) app."""
+    from flask import current_app
+
+    return (app or current_app).extensions["store"]

@@ -1,0 +1,200 @@
+"""The ``tongban`` command."""
+
+import datetime
+import getpass
+import json
+import logging
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from shared import config as cfg
+from shared.errors import ConfigurationError
+
+logger = logging.getLogger("tongban")
+
+
+def _fail(message):
+    raise click.ClickException(message)
+
+
+def load_app(node_dir):
+    """Create the app of a node directory, turning configuration errors into CLI errors."""
+    from shared.app import create_app
+
+    try:
+        return create_app(node_dir=node_dir)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="tongban")
+def main(verbose):
+    """tongban (通办): county / township / village service-station nodes."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tongban").setLevel(max(logging.INFO - 10 * verbose, logging.DEBUG))
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tier", required=True, type=click.Choice(cfg.TIERS))
+@click.option("--code", required=True, help="Division code: county 6, township 9, village 12 digits.")
+@click.option("--parent", "parent_url", default=None, help="URL of the parent node.")
+@click.option("--name", default="", help="The station's name, e.g. 海城镇.")
+def init(node_dir, tier, code, parent_url, name):
+    """Create a node directory: configuration and an empty store."""
+    try:
+        cfg.validate_code(tier, code)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    if parent_url is not None and not parent_url.startswith(("http://", "https://")):
+        _fail(f"--parent must be an http(s) URL, not {parent_url!r}")
+    if tier == "county" and parent_url:
+        _fail("a county node has no parent node")
+    if node_dir.exists() and any(node_dir.iterdir()):
+        _fail(f"{node_dir} exists and is not empty")
+    created_dir = not node_dir.exists()
+    settings = {
+        "TIER": tier,
+        "NODE_CODE": code,
+        "NODE_NAME": name,
+        "PARENT_URL": parent_url,
+        "PARENT_CODE": cfg.parent_code(code),
+        "SECRET_KEY": secrets.token_hex(32),
+    }
+    try:
+        node_dir.mkdir(parents=True, exist_ok=True)
+        (node_dir / cfg.CONFIG_FILE).write_text(
+            json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        app = load_app(node_dir)
+        app.extensions["store"].close()
+    except BaseException:
+        # Nothing half-made is left behind.
+        if created_dir:
+            shutil.rmtree(node_dir, ignore_errors=True)
+        else:
+            for child in node_dir.iterdir():
+                child.unlink() if child.is_file() else shutil.rmtree(child)
+        raise
+    click.echo(f"created {tier} node {code} {name} in {node_dir}")
+
+
+@main.group()
+def user():
+    """Manage the node's accounts."""
+
+
+def _read_password():
+    if sys.stdin.isatty():
+        password = getpass.getpass("密码 / password: ")
+        again = getpass.getpass("再次输入 / again: ")
+        if password != again:
+            _fail("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        _fail("the password must have at least 8 characters")
+    return password
+
+
+@user.command("add")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--role", "roles", required=True, multiple=True,
+              type=click.Choice(("replicator", "clerk", "approver", "supervisor",
+                                 "county_admin")))
+def user_add(node_dir, name, roles):
+    """Create an account; the password is read from the terminal or one line of stdin."""
+    from shared.models import Account, hash_password
+
+    if not name or not name.strip() or ":" in name:
+        _fail("an account name must be non-empty and contain no ':'")
+    app = load_app(node_dir)
+    if Account.select().where(Account.username == name).exists():
+        _fail(f"account {name!r} exists already")
+    password = _read_password()
+    Account.create(username=name, password_hash=hash_password(password),
+                   roles=",".join(dict.fromkeys(roles)),
+                   created=datetime.datetime.now(datetime.timezone.utc))
+    app.extensions["store"].close()
+    click.echo(f"account {name} created with role {', '.join(roles)}")
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(node_dir, as_json):
+    """Print the node's tier, code, name, parent and store figures."""
+    from shared.views.home import node_summary
+
+    app = load_app(node_dir)
+    summary = node_summary(app)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    for key in ("tier", "code", "name", "parent", "doc_count", "update_seq"):
+        click.echo(f"{key:12} {summary[key] if summary[key] is not None else '-'}")
+    for doc_type, count in summary["docs_by_type"].items():
+        click.echo(f"{'type ' + doc_type:12} {count}")
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5984, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
+def serve(node_dir, host, port, threads):
+    """Serve the node (home page and /db) with waitress."""
+    import waitress
+
+    app = load_app(node_dir)
+    logger.info("serving %s node %s on http://%s:%s/", app.config["TIER"],
+                app.config["NODE_CODE"], host, port)
+    # Longpoll requests hold a thread each; channel_timeout outlives the longest poll.
+    waitress.serve(app, host=host, port=port, threads=threads, ident="tongban",
+                   channel_timeout=int(app.config["LONGPOLL_MAX_TIMEOUT"]) + 30,
+                   max_request_body_size=app.config["MAX_REQUEST_SIZE"],
+                   clear_untrusted_proxy_headers=True)
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def reindex(node_dir):
+    """Rebuild every query table from the documents."""
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    total = store.doc_count()
+    with click.progressbar(length=max(total, 1), label="reindexing") as bar:
+        last = [0]
+
+        def progress(done):
+            bar.update(done - last[0])
+            last[0] = done
+
+        count = store.reindex(progress=progress)
+    click.echo(f"reindexed {count} documents")
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--continuous", is_flag=True, help="Keep replicating until interrupted.")
+@click.option("--doc-id", "doc_ids", multiple=True, help="Replicate only these documents.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10000))
+def replicate(source, target, continuous, doc_ids, batch_size):
+    """Replicate SOURCE to TARGET: each a node directory, a node URL or a CouchDB URL."""
+    from syncd.commands import run_replicate  # shared imports syncd only here, lazily
+
+    run_replicate(source, target, continuous=continuous, doc_ids=list(doc_ids) or None,
+                  batch_size=batch_size)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,59 @@
+"""Query tables and node-local tables (peewee models on the node's database)."""
+
+import hashlib
+import hmac
+import os
+
+from peewee import CharField, DateTimeField, Model, TextField
+
+from shared.db import database
+
+ROLES = ("replicator", "clerk", "approver", "supervisor", "county_admin")
+
+# scrypt parameters: ~50 ms per check on the slow village PCs, 16 MiB of memory.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
+
+
+def hash_password(password):
+    """A salted, slow hash of ``password`` in the form ``scrypt$N$r$p$salt$hash``."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt,
+                            n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_password(stored, password):
+    """True when ``password`` matches a hash made by ``hash_password``."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    candidate = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt),
+                               n=int(n), r=int(r), p=int(p))
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+class BaseModel(Model):
+    """Every model lives in the node's database."""
+
+    class Meta:
+        database = database
+
+
+class Account(BaseModel):
+    """A login of this node: staff member or replication client. Never replicated."""
+
+    username = CharField(unique=True)
+    password_hash = TextField()
+    roles = TextField()  # comma-separated, from ROLES
+    created = DateTimeField()
+
+    @property
+    def role_list(self):
+        """The account's roles as a list."""
+        return [r for r in self.roles.split(",") if r]
+
+
+MODELS = [Account]

@@ -1,0 +1,1 @@
+"""The web base shared by every tier."""

@@ -1,0 +1,1 @@
+"""The sync daemon: a CouchDB-protocol replicator and its scheduler."""
