@@ -196,5 +196,24 @@ def replicate(source, target, continuous, doc_ids, batch_size):
                   batch_size=batch_size)
 
 
+@main.command()
+@click.option("--dir", "base_dir", default="demo-region", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where the nodes' directories go (reused when it exists).")
+@click.option("--base-port", default=8600, show_default=True, type=click.IntRange(1024, 65000))
+@click.option("--exit-when-synced", is_flag=True,
+              help="Stop once the catalog has reached every node (for scripts and CI).")
+@click.option("--timeout", default=180.0, show_default=True,
+              help="Seconds to wait for the catalog to reach every node.")
+def demo(base_dir, base_port, exit_when_synced, timeout):
+    """Run a sample region: 1 county, 2 townships, 4 villages, each its own process."""
+    from shared.demo import run_demo
+
+    try:
+        run_demo(base_dir, base_port, exit_when_synced=exit_when_synced, timeout=timeout)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
