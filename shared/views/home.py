@@ -1,6 +1,6 @@
 """The node's home page: what this station is and what its store holds."""
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, Response, current_app, json, render_template, request
 
 from shared.config import TIER_NAMES
 from shared.store.projections import TypeIndex
@@ -25,11 +25,31 @@ def node_summary(app=None):
     }
 
 
+def wants_html():
+    """True when the client prefers HTML over JSON (a browser, not a CouchDB client)."""
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html"
+
+
 @bp.route("/")
 def index():
-    """Home page (Chinese)."""
+    """Home page (Chinese) for browsers; CouchDB's welcome JSON for everyone else.
+
+    PouchDB and the CouchDB replicator call ``GET /`` of a peer's server; they send
+    ``Accept: application/json`` or ``*/*`` (or nothing), browsers put text/html first.
+    """
+    if not wants_html():
+        from shared import couch
+
+        body = json.dumps(couch.welcome(), ensure_ascii=False) + "\n"
+        response = Response(body, mimetype="application/json")
+        response.vary.add("Accept")
+        return response
     summary = node_summary()
-    return render_template("home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]])
+    response = current_app.make_response(
+        render_template("home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]]))
+    response.vary.add("Accept")
+    return response
 
 
 def init_app(app):

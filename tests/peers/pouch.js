@@ -175,6 +175,9 @@ class Runner {
         const doc = await db().get(step.id);
         return db().remove(doc);
       }
+      case 'remove':
+        // Delete one given revision (e.g. the losing side of a conflict).
+        return db().remove(step.id, step.rev);
       case 'get':
         return db().get(step.id, step.options || {});
       case 'get_many': {
@@ -191,6 +194,21 @@ class Runner {
       }
       case 'all_docs':
         return db().allDocs(step.options || {});
+      case 'docs': {
+        // Every live doc as {id: winner}, read through the changes feed: the memory
+        // adapter's allDocs (memdown under sublevel-pouchdb) skips ids with characters above
+        // U+00FF, because its key range ends at '\xff'; the by-sequence store has no such
+        // limit.
+        const res = await db().changes(Object.assign({}, step.options || {},
+          {include_docs: true, live: false, since: 0}));
+        const out = {};
+        for (const row of res.results) {
+          if (!row.deleted) {
+            out[row.id] = row.doc;
+          }
+        }
+        return out;
+      }
       case 'changes':
         return db().changes(Object.assign({}, step.options || {}, {live: false}));
       case 'replication_id': {
@@ -208,8 +226,10 @@ class Runner {
     }
   }
 
-  // A one-shot replication; "cancel_after_written": N cancels it once N docs are written
+  // A one-shot replication. "cancel_after_written": N cancels it once N docs are written
   // (after a batch), which is how a test interrupts a replication half-way.
+  // "hang_after_written": N prints {"event": "hang"} and then blocks this process (the next
+  // batch may be in flight) so the test can kill it at a known point: a crash mid-way.
   async replicate(step) {
     const [src, target] = this.endpoints(step.direction);
     const rep = PouchDB.replicate(src, target, Object.assign({}, step.options || {}));
@@ -220,6 +240,12 @@ class Runner {
       if (step.cancel_after_written !== undefined &&
           info.docs_written >= step.cancel_after_written) {
         rep.cancel();
+      }
+      if (step.hang_after_written !== undefined &&
+          info.docs_written >= step.hang_after_written) {
+        process.stdout.write(JSON.stringify({event: 'hang', docs_written: info.docs_written}) +
+          '\n', () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0,
+          this.timeoutMs));
       }
     });
     const result = await withTimeout(rep, this.timeoutMs, `${step.direction} replication`);
@@ -291,12 +317,13 @@ class Runner {
 async function main() {
   const scenario = readScenario(process.argv[2]);
   const out = await new Runner(scenario).run();
-  process.stdout.write(JSON.stringify(out) + '\n');
-  // Live changes feeds and keep-alive sockets may hold the event loop; the run is over.
-  process.exit(out.ok ? 0 : 1);
+  finish(out, out.ok ? 0 : 1);
 }
 
-main().catch((err) => {
-  process.stdout.write(JSON.stringify({ok: false, error: errorJson(err)}) + '\n');
-  process.exit(1);
-});
+// Print the result line, then exit: keep-alive sockets and cancelled live feeds may hold
+// the event loop. Exit only once the line is flushed (a pipe takes 64 KiB at a time).
+function finish(out, code) {
+  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(code));
+}
+
+main().catch((err) => finish({ok: false, error: errorJson(err)}, 1));

@@ -1,0 +1,63 @@
+"""Fixtures: a county node on a tmp_path database, its test client, a replicator account."""
+
+import base64
+from datetime import datetime, timezone
+
+import pytest
+
+from shared.app import create_app
+from shared.models import Account, hash_password
+
+REPLICATOR = ("replicator", "sync-secret-123")
+
+
+def make_app(path, **overrides):
+    """A county node whose store lives under ``path``."""
+    config = {
+        "TIER": "county",
+        "NODE_CODE": "441521",
+        "DB_PATH": str(path / "store.sqlite"),
+        "SECRET_KEY": "test-secret",
+    }
+    config.update(overrides)
+    return create_app(config)
+
+
+def add_account(app, username, password, roles=("replicator",)):
+    """Create an account on ``app``'s node."""
+    with app.app_context():
+        return Account.create(username=username, password_hash=hash_password(password),
+                              roles=",".join(roles), created=datetime.now(timezone.utc))
+
+
+def basic_auth(username, password):
+    """Headers carrying HTTP Basic credentials."""
+    token = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def app(tmp_path):
+    """A fresh county node with a replicator account."""
+    app = make_app(tmp_path)
+    add_account(app, *REPLICATOR)
+    yield app
+    app.extensions["store"].close()
+
+
+@pytest.fixture
+def client(app):
+    """The node's test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def auth_headers():
+    """Basic auth headers of the replicator account."""
+    return basic_auth(*REPLICATOR)
+
+
+@pytest.fixture
+def store(app):
+    """The node's store."""
+    return app.extensions["store"]
