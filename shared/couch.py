@@ -717,7 +717,10 @@ def changes():
         return Response(_normal_body(rows, last_seq, pending), mimetype="application/json")
 
     def wait(seq, deadline):
-        """Block until a change after ``seq``, writing heartbeats; False at the deadline."""
+        """Wait for a change after ``seq``: yields heartbeat newlines, then True on a change.
+
+        Ends without yielding True when the deadline passes first.
+        """
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -795,7 +798,8 @@ def _heartbeat_seconds():
     except ValueError:
         raise QueryParseError(f"Invalid heartbeat value: \"{value}\"") from None
     if millis <= 0:
-        raise errors.BadRequest("The heartbeat value should be a positive integer (in milliseconds).")
+        raise errors.BadRequest(
+            "The heartbeat value should be a positive integer (in milliseconds).")
     return millis / 1000.0
 
 
@@ -816,13 +820,7 @@ def _pending(feed_store, last_seq, doc_ids, limit, rows, descending):
     """
     if descending or limit is None or len(rows) < limit:
         return 0
-    # TODO(store): a Store.pending(since, doc_ids) method should own this query.
-    sql = "SELECT COUNT(*) FROM document WHERE seq > ?"
-    params = [last_seq]
-    if doc_ids is not None:
-        sql += " AND id IN (SELECT value FROM json_each(?))"
-        params.append(_encode(list(doc_ids)))
-    return feed_store.db.execute_sql(sql, params).fetchone()[0]
+    return feed_store.pending(last_seq, doc_ids)
 
 
 def init_app(app):

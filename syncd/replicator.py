@@ -82,8 +82,10 @@ def _compare_histories(source_history, target_history):
         source_head, target_head = source_history[0], target_history[0]
         if source_head.get("session_id") in _session_ids(target_history):
             return _entry_seq(source_head), source_history
-        if target_head.get("session_id") in _session_ids(source_history[1:]):
-            return _entry_seq(target_head), target_history[1:]
+        for index, entry in enumerate(source_history[1:], 1):
+            if entry.get("session_id") == target_head.get("session_id"):
+                # Carry the source's history from the common session on.
+                return _entry_seq(target_head), source_history[index:]
         source_history, target_history = source_history[1:], target_history[1:]
     return 0, []
 

@@ -1,4 +1,4 @@
-"""Replay Apache CouchDB 3.5's answers to 40 bad requests (shared/fixtures/couchdb-api-errors.json).
+"""Replay Apache CouchDB 3.5's answers to 40 bad requests (couchdb-api-errors.json).
 
 The cases run in the recorded order on one node set up as the fixture says (docs ``a``
 and ``b``, ``_local/ck``); each case checks status, ``error`` and (when recorded)

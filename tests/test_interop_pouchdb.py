@@ -62,11 +62,15 @@ class Script:
 
     def __init__(self, node, tmp_path, steps):
         path = write_scenario(node, tmp_path, steps)
-        self.process = subprocess.Popen(
-            ["node", str(PEERS_DIR / "pouch.js"), f"@{path}"], cwd=PEERS_DIR,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        # stderr goes to a file: nobody reads it while the script runs, so a pipe could fill.
+        self.stderr_path = path.with_suffix(".stderr")
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                ["node", str(PEERS_DIR / "pouch.js"), f"@{path}"], cwd=PEERS_DIR,
+                stdout=subprocess.PIPE, stderr=stderr, text=True, encoding="utf-8")
         self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.process.stdout:
@@ -79,16 +83,18 @@ class Script:
         try:
             return self.lines.get(timeout=LINE_WAIT)
         except queue.Empty:
-            pytest.fail("pouch.js printed nothing for a long time")
+            pytest.fail(f"pouch.js printed nothing for a long time:\n{self.stderr()}")
 
     def kill(self):
-        """SIGKILL: the script dies wherever it is, with requests possibly in flight."""
+        """SIGKILL (the script dies wherever it is, requests possibly in flight); close up."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
+        self.process.stdout.close()
 
     def stderr(self):
-        return self.process.stderr.read() if self.process.poll() is not None else ""
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
 
 def doc_url(node, doc_id):

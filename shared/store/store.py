@@ -415,6 +415,15 @@ class Store:
             last_seq = rows[-1]["seq"]
         return rows, last_seq
 
+    def pending(self, since, doc_ids=None):
+        """How many documents changed after ``since`` (optionally among ``doc_ids``)."""
+        sql = "SELECT COUNT(*) FROM document WHERE seq > ?"
+        params = [since]
+        if doc_ids is not None:
+            sql += " AND id IN (SELECT value FROM json_each(?))"
+            params.append(_dumps(list(doc_ids)))
+        return self.db.execute_sql(sql, params).fetchone()[0]
+
     def _winner_doc(self, doc_id, rev, conflicts):
         loaded = self._load(doc_id)
         if loaded is None:
