@@ -93,6 +93,9 @@ def plan_region(base_dir, base_port):
 
 def _port_free(port):
     with socket.socket() as sock:
+        # The server binds with SO_REUSEADDR; probing the same way ignores TIME_WAIT
+        # connections left by a previous run and still finds a live listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -382,6 +382,27 @@ def test_incremental_pull_uses_checkpoint(node, http, tmp_path):
         ["评价-00", "评价-15", "评价-16", "评价-17", "评价-18"]
 
 
+@pytest.mark.parametrize("checkpoint, on_node", [(False, False), ("source", False),
+                                                  ("target", True)])
+def test_push_checkpoint_option(node, http, tmp_path, checkpoint, on_node):
+    """PouchDB's ``checkpoint`` option decides whether the node (the target) gets a _local
+    doc; with none, a repeated push starts over yet writes nothing (revs_diff says so)."""
+    options = {"checkpoint": checkpoint}
+    named = pouch(node, tmp_path, [
+        {"op": "bulk", "generate": generated("选项-", 8)},
+        {"op": "replicate", "direction": "push", "options": options, "name": "first"},
+        {"op": "replicate", "direction": "push", "options": options, "name": "second"},
+        {"op": "replication_id", "direction": "push", "options": options, "name": "rep"},
+    ])
+    assert_replicated(named["first"], written=8)
+    assert_replicated(named["second"], written=0, read=0)
+    response = http.get(doc_url(node, named["rep"]["id"]))
+    assert response.status_code == (200 if on_node else 404), response.text
+    if on_node:
+        assert response.json()["last_seq"] == named["second"]["last_seq"]
+    assert len(node_docs(http, node)) == 8
+
+
 def assert_once_each(docs, ids):
     """Exactly ``ids`` are present, each at its first revision and without conflicts."""
     assert sorted(docs) == sorted(ids)
@@ -460,19 +481,20 @@ def test_push_killed_midway_then_repeated(node, http, tmp_path):
     assert on_node == named["local"]
 
 
+BIG_PATTERN = "城乡居民基本养老保险abcdefghij"
+
+
 def big_text(size):
-    """The same ~1 MB text pouch.js builds for fill {pattern, size}."""
-    pattern = "城乡居民基本养老保险abcdefghij"
-    return (pattern * (size // len(pattern) + 1))[:size]
+    """The same text pouch.js builds for fill {"pattern": BIG_PATTERN, "size": size}."""
+    return (BIG_PATTERN * (size // len(BIG_PATTERN) + 1))[:size]
 
 
 def test_one_megabyte_document(node, http, tmp_path):
     """A ~1 MB document (mostly Chinese) survives a push and a pull into a fresh PouchDB."""
     size = 500_000  # characters; about 1.1 MB of UTF-8
-    pattern = "城乡居民基本养老保险abcdefghij"
     named = pouch(node, tmp_path, [
         {"op": "put", "doc": {"_id": "附件-扫描件-001", "类型": "扫描件"},
-         "fill": {"field": "内容", "pattern": pattern, "size": size}, "name": "put"},
+         "fill": {"field": "内容", "pattern": BIG_PATTERN, "size": size}, "name": "put"},
         {"op": "replicate", "direction": "push", "name": "push"},
     ])
     assert_replicated(named["push"], written=1)

@@ -1,0 +1,138 @@
+"""The ``tongban`` command: node directories, accounts, info, serve, reindex, demo."""
+
+import json
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from shared.cli import main
+from tests.nodeproc import free_port, start_node, tongban
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_init_creates_a_node_and_info_reports_it(runner, tmp_path):
+    node = tmp_path / "village"
+    result = runner.invoke(main, ["init", str(node), "--tier", "village", "--code",
+                                  "441521101001", "--name", "西兴社区",
+                                  "--parent", "http://127.0.0.1:9/"])
+    assert result.exit_code == 0, result.output
+    assert (node / "tongban.json").exists() and (node / "store.sqlite").exists()
+    result = runner.invoke(main, ["info", str(node), "--json"])
+    info = json.loads(result.output)
+    assert info["tier"] == "village" and info["code"] == "441521101001"
+    assert info["name"] == "西兴社区" and info["parent"] == "http://127.0.0.1:9/"
+    assert info["doc_count"] == 0 and info["update_seq"] == 0 and info["docs_by_type"] == {}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tier", "village", "--code", "44152110100"], "12 digits"),
+    (["--tier", "township", "--code", "4415211O1"], "digits only"),
+    (["--tier", "county", "--code", "441521", "--parent", "http://x/"], "no parent"),
+    (["--tier", "village", "--code", "441521101001", "--parent", "ftp://x"], "http(s) URL"),
+    (["--tier", "province", "--code", "44"], "Invalid value"),
+])
+def test_init_refuses_bad_input_and_creates_nothing(runner, tmp_path, args, message):
+    node = tmp_path / "n"
+    result = runner.invoke(main, ["init", str(node), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not node.exists()
+
+
+def test_init_refuses_a_non_empty_directory(runner, tmp_path):
+    (tmp_path / "n").mkdir()
+    (tmp_path / "n" / "notes.txt").write_text("keep me")
+    result = runner.invoke(main, ["init", str(tmp_path / "n"), "--tier", "county",
+                                  "--code", "441521"])
+    assert result.exit_code != 0 and "not empty" in result.output
+    assert (tmp_path / "n" / "notes.txt").read_text() == "keep me"
+
+
+def test_user_add_reads_the_password_from_stdin_and_stores_a_slow_hash(runner, tmp_path):
+    node = tmp_path / "n"
+    runner.invoke(main, ["init", str(node), "--tier", "county", "--code", "441521"])
+    result = runner.invoke(main, ["user", "add", str(node), "sync", "--role", "replicator"],
+                           input="a-long-password\n")
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(main, ["user", "add", str(node), "sync", "--role", "clerk"],
+                          input="another-password\n")
+    assert again.exit_code != 0 and "exists" in again.output
+    short = runner.invoke(main, ["user", "add", str(node), "x", "--role", "clerk"],
+                          input="short\n")
+    assert short.exit_code != 0 and "8 characters" in short.output
+    from shared.app import create_app
+    from shared.models import Account, check_password
+
+    app = create_app(node_dir=node)
+    account = Account.get(Account.username == "sync")
+    assert account.password_hash.startswith("scrypt$") and "a-long-password" not in \
+        account.password_hash
+    assert check_password(account.password_hash, "a-long-password")
+    assert not check_password(account.password_hash, "wrong-password")
+    assert not Account.select().where(Account.username == "x").exists()
+    app.extensions["store"].close()
+
+
+def test_serve_shows_the_home_page_in_chinese_and_requires_auth_on_db(tmp_path):
+    node = start_node(tmp_path / "n", tier="township", code="441521101", name="梅陇镇")
+    try:
+        page = requests.get(node.url + "/", headers={"Accept": "text/html"}, timeout=10)
+        assert page.status_code == 200 and "梅陇镇" in page.text and "镇级" in page.text
+        assert "441521101" in page.text
+        assert page.headers["Server"] == "tongban"  # waitress, not Flask's dev server
+        assert requests.get(node.db_url, timeout=10).status_code == 401
+        assert requests.get(node.db_url, auth=("replicator", "wrong"), timeout=10) \
+            .status_code == 401
+        session = node.session()
+        for i in range(3):
+            session.put(f"{node.db_url}/item:{i}", json={"type": "item", "n": i}) \
+                .raise_for_status()
+        session.put(f"{node.db_url}/case:1", json={"type": "case"}).raise_for_status()
+        info = json.loads(tongban("info", node.node_dir, "--json").stdout)
+        assert info["doc_count"] == 4 and info["docs_by_type"] == {"case": 1, "item": 3}
+        page = requests.get(node.url + "/", headers={"Accept": "text/html"}, timeout=10)
+        assert '<td id="doc-count">4</td>' in page.text
+    finally:
+        node.stop()
+
+
+def test_reindex_rebuilds_the_type_counts(tmp_path, runner):
+    node = tmp_path / "n"
+    runner.invoke(main, ["init", str(node), "--tier", "county", "--code", "441521"])
+    from shared.app import create_app
+
+    app = create_app(node_dir=node)
+    store = app.extensions["store"]
+    store.bulk_docs([{"_id": f"i{i}", "type": "item"} for i in range(5)])
+    store.db.execute_sql("DELETE FROM doc_type")
+    store.close()
+    result = runner.invoke(main, ["reindex", str(node)])
+    assert result.exit_code == 0 and "reindexed 5 documents" in result.output
+    info = json.loads(runner.invoke(main, ["info", str(node), "--json"]).output)
+    assert info["docs_by_type"] == {"item": 5}
+
+
+def test_demo_brings_the_catalog_to_every_node(tmp_path):
+    base_port = free_port()
+    while base_port > 64000:
+        base_port = free_port()
+    result = tongban("demo", "--dir", tmp_path / "region", "--base-port", base_port,
+                     "--exit-when-synced", "--timeout", "120", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "catalog reached 7/7 nodes" in result.stdout
+    assert result.stdout.count("事项 25/25") == 7
+    villages = sorted((tmp_path / "region").glob("village-*"))
+    assert len(villages) == 4
+    for village in villages:
+        info = json.loads(tongban("info", village, "--json").stdout)
+        assert info["tier"] == "village" and info["docs_by_type"].get("item") == 25
+    # A second run reuses the region and does not seed the catalog twice.
+    again = tongban("demo", "--dir", tmp_path / "region", "--base-port", base_port,
+                    "--exit-when-synced", check=False)
+    assert again.returncode == 0, again.stderr
+    assert "0 item(s) added" in again.stdout
