@@ -112,6 +112,7 @@ class Store:
         self.max_document_size = max_document_size
         self.db = open_database(path)
         self.projections = []
+        self._revs_limit = None
         self._changed = threading.Condition()
         with self.db.atomic():
             for statement in SCHEMA:
@@ -138,8 +139,10 @@ class Store:
 
     @property
     def revs_limit(self):
-        """How many revisions of each branch the store keeps."""
-        return int(self.meta("revs_limit"))
+        """How many revisions of each branch the store keeps (read once, then cached)."""
+        if self._revs_limit is None:
+            self._revs_limit = int(self.meta("revs_limit"))
+        return self._revs_limit
 
     @property
     def uuid(self):
@@ -194,6 +197,7 @@ class Store:
             raise errors.BadRequest("revs_limit must be a positive integer")
         with self.db.atomic():
             self.set_meta("revs_limit", limit)
+        self._revs_limit = limit
 
     # -- reading ------------------------------------------------------------------------
 
@@ -563,7 +567,8 @@ class Store:
         results = [None] * len(prepared)
         with self.db.atomic():
             seq = self.update_seq()
-            limit = self.revs_limit
+            # Read inside the write lock: another process may have changed it.
+            limit = self._revs_limit = int(self.meta("revs_limit"))
             ids = list({p[0] for _, p in prepared if not isinstance(p, Exception)})
             states = {doc_id: _DocState(doc_id, *loaded)
                       for doc_id, loaded in self._load_many(ids).items()}

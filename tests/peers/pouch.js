@@ -6,6 +6,11 @@
 //
 // Scenario: {"remote": "http://user:pw@127.0.0.1:port/db", "remote_options": {...},
 //            "timeout_ms": 60000, "steps": [{"op": ..., "db": "local"|"remote", ...}, ...]}
+// Ops: info, put (doc, fill), bulk (docs | generate, new_edits, summary), update (id, set),
+// delete (id), remove (id, rev), get (id, options), get_many (ids, options), all_docs, docs,
+// changes, replication_id (direction, options), replicate (direction, options: doc_ids,
+// batch_size, checkpoint, ...; cancel_after_written, hang_after_written), live (direction,
+// options, ready_signal, during, until_ids, until_revs).
 // A step's result goes into "results" (in order) and under its "name" when it has one.
 // Prints ONE JSON line: {"ok": true, "results": [...], "named": {...}}. A step that throws
 // ends the run with {"ok": false, "failed_step": i, "error": {...}, ...} and exit code 1,
