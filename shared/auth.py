@@ -15,6 +15,7 @@ The default :class:`ReplicatorPolicy` accepts HTTP Basic for accounts holding th
 scopes replace the policy object; couch.py stays as it is.
 """
 
+import abc
 import base64
 import binascii
 import hashlib
@@ -116,16 +117,16 @@ def basic_credentials(request):
     return username, password
 
 
-class CouchPolicy:
+class CouchPolicy(abc.ABC):
     """The interface couch.py relies on; subclasses decide who is who and who sees what."""
 
+    @abc.abstractmethod
     def authenticate(self, request):
         """Identify the caller of ``request``.
 
         :returns: a :class:`Principal`.
         :raises Unauthorized: no or wrong credentials.
         """
-        raise NotImplementedError
 
     def challenge_headers(self, request):
         """Headers to add to a 401 answer to ``request`` (``WWW-Authenticate``)."""

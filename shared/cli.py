@@ -60,6 +60,8 @@ def init(node_dir, tier, code, parent_url, name):
         _fail("a county node has no parent node")
     if node_dir.exists() and any(node_dir.iterdir()):
         _fail(f"{node_dir} exists and is not empty")
+    if parent_url:
+        _check_parent(parent_url, tier, code)
     created_dir = not node_dir.exists()
     settings = {
         "TIER": tier,
@@ -84,6 +86,33 @@ def init(node_dir, tier, code, parent_url, name):
                 child.unlink() if child.is_file() else shutil.rmtree(child)
         raise
     click.echo(f"created {tier} node {code} {name} in {node_dir}")
+
+
+def _check_parent(parent_url, tier, code):
+    """Refuse a parent whose tier or code does not fit; only warn when it cannot be reached.
+
+    Village links are often down when a station is set up, so an unreachable parent is
+    not an error; the code is checked again when the node first syncs.
+    """
+    import requests
+
+    expected_tier = cfg.PARENT_TIER.get(tier)
+    try:
+        response = requests.get(parent_url.rstrip("/") + "/", timeout=5,
+                                headers={"Accept": "application/json"})
+        node = response.json().get("tongban") or {}
+    except (requests.RequestException, ValueError, AttributeError):
+        click.echo(f"warning: parent {parent_url} did not answer; its code was not checked",
+                   err=True)
+        return
+    parent_tier, parent_code = node.get("tier"), node.get("code")
+    if not parent_code:
+        _fail(f"{parent_url} is not a tongban node")
+    if parent_tier != expected_tier:
+        _fail(f"the parent of a {tier} must be a {expected_tier} node; {parent_url} is a "
+              f"{parent_tier} node")
+    if not code.startswith(parent_code):
+        _fail(f"code {code} does not extend the parent's code {parent_code}")
 
 
 @main.group()

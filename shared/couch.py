@@ -737,12 +737,7 @@ def changes():
             rows, last_seq = feed_store.changes(since, limit=limit, **options)
             deadline = time.monotonic() + timeout
             while not rows:
-                changed = False
-                for event in wait(last_seq, deadline):
-                    if event is True:
-                        changed = True
-                    else:
-                        yield event
+                changed = yield from _relay(wait(last_seq, deadline))
                 if not changed:
                     break
                 # A change the filters drop leaves rows empty: keep waiting after it.
@@ -771,12 +766,7 @@ def changes():
                 deadline = time.monotonic() + timeout
             if limit is not None and sent >= limit:
                 break
-            changed = False
-            for event in wait(seq, deadline):
-                if event is True:
-                    changed = True
-                else:
-                    yield event
+            changed = yield from _relay(wait(seq, deadline))
             if not changed:
                 break
         if not eventsource:
@@ -784,6 +774,17 @@ def changes():
 
     return Response(continuous(), mimetype="text/event-stream" if eventsource
                     else "application/json")
+
+
+def _relay(events):
+    """Pass a wait's heartbeats through; return True when it ended on a change."""
+    changed = False
+    for event in events:
+        if event is True:
+            changed = True
+        else:
+            yield event
+    return changed
 
 
 def _heartbeat_seconds():

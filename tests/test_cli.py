@@ -101,6 +101,26 @@ def test_serve_shows_the_home_page_in_chinese_and_requires_auth_on_db(tmp_path):
         node.stop()
 
 
+def test_init_checks_the_code_against_a_reachable_parent(tmp_path):
+    township = start_node(tmp_path / "t", tier="township", code="441521101", name="梅陇镇")
+    try:
+        wrong = tongban("init", tmp_path / "v1", "--tier", "village", "--code", "441521102001",
+                        "--parent", township.url, check=False)
+        assert wrong.returncode != 0 and "does not extend" in wrong.stderr
+        assert not (tmp_path / "v1").exists()
+        skipped_tier = tongban("init", tmp_path / "t2", "--tier", "township", "--code",
+                               "441521102", "--parent", township.url, check=False)
+        assert skipped_tier.returncode != 0 and "must be a county node" in skipped_tier.stderr
+        right = tongban("init", tmp_path / "v2", "--tier", "village", "--code", "441521101001",
+                        "--parent", township.url)
+        assert right.returncode == 0
+    finally:
+        township.stop()
+    offline = tongban("init", tmp_path / "v3", "--tier", "village", "--code", "441521101002",
+                      "--parent", township.url)
+    assert "did not answer" in offline.stderr and (tmp_path / "v3" / "tongban.json").exists()
+
+
 def test_reindex_rebuilds_the_type_counts(tmp_path, runner):
     node = tmp_path / "n"
     runner.invoke(main, ["init", str(node), "--tier", "county", "--code", "441521"])
