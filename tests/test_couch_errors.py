@@ -12,9 +12,8 @@ import pytest
 
 from tests.conftest import REPLICATOR, add_account, basic_auth, make_app
 
-FIXTURE = Path("/work/shared/fixtures/couchdb-api-errors.json")
-if not FIXTURE.exists():  # a checkout next to the shared fixtures
-    FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/couchdb-api-errors.json"
+# Recorded from Apache CouchDB 3.5 (copied from the handbook's fixtures).
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "couchdb-api-errors.json"
 CASES = json.loads(FIXTURE.read_text(encoding="utf-8"))["cases"]
 BIG_BODY_SIZE = 9 * 1024 * 1024
 
