@@ -28,6 +28,10 @@ from shared import config as cfg
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+#: How a node's own processes are started. ``-P`` (Python 3.11+) keeps the current
+#: directory off sys.path, so a folder named ``shared`` where the user stands is never
+#: imported in place of this package.
+TONGBAN = [sys.executable, "-P", "-m", "shared.cli"]
 REPLICATOR_USER = "replicator"
 TOWNSHIPS, VILLAGES_PER_TOWNSHIP = 2, 2
 
@@ -104,7 +108,7 @@ def _port_free(port):
 
 
 def _cli(*args, input_text=None):
-    result = subprocess.run([sys.executable, "-m", "shared.cli", *map(str, args)],
+    result = subprocess.run([*TONGBAN, *map(str, args)],
                             input=input_text, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip() or f"tongban {args[0]} failed")
@@ -158,7 +162,7 @@ def start_serving(node, log_dir):
     """Start ``tongban serve`` for the node; its output goes to a log file."""
     log = open(log_dir / f"{node.tier}-{node.code}.log", "ab")
     node.process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "-v", "serve", str(node.node_dir),
+        [*TONGBAN, "-v", "serve", str(node.node_dir),
          "--port", str(node.port)], stdout=log, stderr=subprocess.STDOUT)
     log.close()
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import requests
 
+from shared.demo import TONGBAN
+
 logger = logging.getLogger(__name__)
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -35,7 +37,7 @@ def free_port():
 def tongban(*args, input_text=None, check=True, cwd=None):
     """Run the ``tongban`` CLI in a subprocess (the installed entry point's module)."""
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *map(str, args)],
+        [*TONGBAN, *map(str, args)],
         input=input_text, capture_output=True, text=True, cwd=cwd, timeout=120)
     if check and result.returncode != 0:
         raise RuntimeError(f"tongban {' '.join(map(str, args))} failed:\n{result.stderr}")
@@ -126,7 +128,7 @@ def start_node(node_dir, *, port=None, create=True, **init_args):
     log_path = node_dir / f"serve-{port}.log"
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "-v", "serve", str(node_dir), "--port", str(port)],
+        [*TONGBAN, "-v", "serve", str(node_dir), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     url = f"http://127.0.0.1:{port}"

@@ -156,3 +156,15 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
                     "--exit-when-synced", check=False)
     assert again.returncode == 0, again.stderr
     assert "0 item(s) added" in again.stdout
+
+
+def test_commands_ignore_a_shared_folder_where_the_user_stands(tmp_path):
+    # Users run tongban beside other folders (the handbook has one named shared/); the
+    # processes tongban starts must import this package, not whatever sits in the cwd.
+    impostor = tmp_path / "shared"
+    impostor.mkdir()
+    (impostor / "cli.py").write_text("raise SystemExit('imported the wrong shared package')\n")
+    result = tongban("init", tmp_path / "n", "--tier", "county", "--code", "441521",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "n" / "tongban.json").exists()
