@@ -168,17 +168,10 @@ class LocalPeer(Peer):
 
     def bulk_get(self, wanted):
         """Read the asked revisions with ``revs`` and ``latest``, grouped per document."""
-        by_doc = {}
-        for item in wanted:
-            by_doc.setdefault(item["id"], []).append(item["rev"])
         results = []
-        for doc_id, revs in by_doc.items():
-            for entry in self._call(self.store.open_revs, doc_id, revs, revs=True, latest=True):
-                if "ok" in entry:
-                    results.append(entry)
-                else:
-                    results.append({"error": {"id": doc_id, "rev": entry["missing"],
-                                              "error": "not_found", "reason": "missing"}})
+        for doc_id, revs in _revs_by_doc(wanted).items():
+            entries = self._call(self.store.open_revs, doc_id, revs, revs=True, latest=True)
+            results.extend(_fetched(doc_id, entry) for entry in entries)
         return results
 
     def bulk_docs(self, docs, *, new_edits=False):
@@ -386,11 +379,8 @@ class HttpPeer(Peer):
         return self._open_revs(wanted)
 
     def _open_revs(self, wanted):
-        by_doc = {}
-        for item in wanted:
-            by_doc.setdefault(item["id"], []).append(item["rev"])
         results = []
-        for doc_id, revs in by_doc.items():
+        for doc_id, revs in _revs_by_doc(wanted).items():
             entries = self._request("GET", [doc_id], params={
                 "open_revs": revs, "revs": True, "latest": True, "attachments": True})
             results.extend(_fetched(doc_id, entry) for entry in entries)
@@ -438,6 +428,14 @@ class HttpPeer(Peer):
                 for conn in conns:
                     conn.close()
             pool.conns.clear()
+
+
+def _revs_by_doc(wanted):
+    """``[{"id", "rev"}, ...]`` grouped as ``{doc_id: [rev, ...]}`` in first-seen order."""
+    by_doc = {}
+    for item in wanted:
+        by_doc.setdefault(item["id"], []).append(item["rev"])
+    return by_doc
 
 
 def _fetched(doc_id, entry):
