@@ -329,26 +329,22 @@ class HttpPeer(Peer):
 
     def changes(self, since, *, limit=None, doc_ids=None):
         """``GET /db/_changes?style=all_docs`` (``POST`` with ``filter=_doc_ids``)."""
-        params = {"style": "all_docs", "since": since or 0, "limit": limit}
-        if doc_ids is not None:
-            params["filter"] = "_doc_ids"
-            result = self._request("POST", ["_changes"], params=params,
-                                   body={"doc_ids": list(doc_ids)})
-        else:
-            result = self._request("GET", ["_changes"], params=params)
+        result = self._changes({"style": "all_docs", "since": since or 0, "limit": limit},
+                               doc_ids)
         return result["results"], result["last_seq"]
 
     def wait_for_changes(self, since, timeout, *, doc_ids=None):
         """``_changes?feed=longpoll``: returns when a change exists or the timeout passes."""
-        params = {"feed": "longpoll", "since": since or 0, "limit": 1,
-                  "timeout": int(timeout * 1000), "style": "all_docs"}
-        if doc_ids is not None:
-            params["filter"] = "_doc_ids"
-            result = self._request("POST", ["_changes"], params=params,
-                                   body={"doc_ids": list(doc_ids)})
-        else:
-            result = self._request("GET", ["_changes"], params=params)
+        result = self._changes({"feed": "longpoll", "since": since or 0, "limit": 1,
+                                "timeout": int(timeout * 1000), "style": "all_docs"}, doc_ids)
         return bool(result.get("results"))
+
+    def _changes(self, params, doc_ids):
+        # The _doc_ids filter takes its ids in a POST body; everything else is a GET.
+        if doc_ids is None:
+            return self._request("GET", ["_changes"], params=params)
+        return self._request("POST", ["_changes"], params={**params, "filter": "_doc_ids"},
+                             body={"doc_ids": list(doc_ids)})
 
     def revs_diff(self, wanted):
         """``POST /db/_revs_diff``."""
