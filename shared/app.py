@@ -9,6 +9,7 @@ from shared import config as cfg
 from shared import db as dbmod
 from shared.errors import ConfigurationError
 from shared.models import MODELS
+from shared.registry import NodeRegistry
 from shared.store.projections import default_projections
 from shared.store.store import Store
 
@@ -28,6 +29,7 @@ def open_store(config):
                   max_document_size=config["MAX_DOCUMENT_SIZE"])
     for projection in default_projections():
         store.add_projection(projection)
+    store.add_projection(NodeRegistry(config.get("COUNTY_PUBLIC_KEY")))
     dbmod.database.initialize(store.db)
     store.db.create_tables(MODELS, safe=True)
     return store
@@ -56,10 +58,11 @@ def create_app(config=None, node_dir=None):
     app.json.ensure_ascii = False
     app.extensions["store"] = open_store(merged)
 
-    from shared import couch
+    from shared import couch, nodeapi
     from shared.views import home
 
     couch.init_app(app)
+    nodeapi.init_app(app)
     home.init_app(app)
     module.init_app(app)
     return app

@@ -48,8 +48,15 @@ def main(verbose):
 @click.option("--code", required=True, help="Division code: county 6, township 9, village 12 digits.")
 @click.option("--parent", "parent_url", default=None, help="URL of the parent node.")
 @click.option("--name", default="", help="The station's name, e.g. 海城镇.")
-def init(node_dir, tier, code, parent_url, name):
-    """Create a node directory: configuration and an empty store."""
+@click.option("--enrol", "enrol_code", default=None,
+              help="One-time enrolment code from the county (tongban enrol).")
+def init(node_dir, tier, code, parent_url, name, enrol_code):
+    """Create a node directory: configuration, keys and an empty store.
+
+    A county makes the region's keys. Any other node enrols with ``--parent URL --enrol
+    CODE``: it makes its key pair, registers it through the parent and receives the
+    county's key, the registry and the region key.
+    """
     try:
         cfg.validate_code(tier, code)
     except ConfigurationError as exc:
@@ -60,8 +67,18 @@ def init(node_dir, tier, code, parent_url, name):
         _fail("a county node has no parent node")
     if node_dir.exists() and any(node_dir.iterdir()):
         _fail(f"{node_dir} exists and is not empty")
+    if enrol_code and not parent_url:
+        _fail("--enrol needs --parent: the enrolment goes through the parent node")
     if parent_url:
         _check_parent(parent_url, tier, code)
+    enrolment = None
+    if enrol_code:
+        from shared.enrolment import request_enrolment
+
+        try:
+            enrolment = request_enrolment(parent_url, enrol_code, code, tier, name)
+        except ConfigurationError as exc:
+            _fail(str(exc))
     created_dir = not node_dir.exists()
     settings = {
         "TIER": tier,
@@ -75,8 +92,7 @@ def init(node_dir, tier, code, parent_url, name):
         node_dir.mkdir(parents=True, exist_ok=True)
         (node_dir / cfg.CONFIG_FILE).write_text(
             json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        app = load_app(node_dir)
-        app.extensions["store"].close()
+        _set_up_identity(node_dir, tier, code, name, enrolment)
     except BaseException:
         # Nothing half-made is left behind.
         if created_dir:
@@ -86,6 +102,30 @@ def init(node_dir, tier, code, parent_url, name):
                 child.unlink() if child.is_file() else shutil.rmtree(child)
         raise
     click.echo(f"created {tier} node {code} {name} in {node_dir}")
+    if tier != "county" and enrolment is None:
+        click.echo("note: not enrolled; it syncs only through a replicator account in "
+                   "PARENT_URL until it is (tongban init --enrol)", err=True)
+
+
+def _set_up_identity(node_dir, tier, code, name, enrolment):
+    """Keys and registry of a new node directory (config already written)."""
+    from shared import enrolment as enrol
+
+    if tier == "county":
+        enrol.update_config(node_dir, **enrol.county_identity(node_dir))
+    elif enrolment is not None:
+        key, settings, secrets_, registry_docs = enrolment
+        enrol.install_enrolment(node_dir, key, secrets_)
+        enrol.update_config(node_dir, **settings)
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        if tier == "county":
+            enrol.register_county(store, node_dir, code, name)
+        elif enrolment is not None:
+            enrol.store_registry(store, enrolment[3])
+    finally:
+        store.close()
 
 
 def _check_parent(parent_url, tier, code):
@@ -113,6 +153,61 @@ def _check_parent(parent_url, tier, code):
               f"{parent_tier} node")
     if not code.startswith(parent_code):
         _fail(f"code {code} does not extend the parent's code {parent_code}")
+
+
+def _county_store(node_dir):
+    """The app and the county key of a county node directory (CLI errors otherwise)."""
+    from shared import identity
+
+    app = load_app(node_dir)
+    if app.config["TIER"] != "county":
+        app.extensions["store"].close()
+        _fail("only the county enrols and revokes nodes")
+    key = identity.load_private_key(node_dir)
+    if key is None:
+        app.extensions["store"].close()
+        _fail(f"{node_dir} has no county key ({identity.KEY_FILE})")
+    return app.extensions["store"], key
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--code", "node_code", required=True, help="The new node's division code.")
+@click.option("--tier", required=True, type=click.Choice(["township", "village"]))
+@click.option("--hours", default=72, show_default=True, type=click.IntRange(1, 24 * 30),
+              help="How long the code stays valid.")
+def enrol(node_dir, node_code, tier, hours):
+    """Issue a one-time enrolment code for a new node (at the county)."""
+    from shared import registry
+
+    store, _key = _county_store(node_dir)
+    try:
+        code = registry.issue_enrolment(store, node_code, tier, hours=hours)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    click.echo(code)
+    click.echo(f"enrolment code for {tier} {node_code}, valid {hours} h, usable once: "
+               f"tongban init DIR --tier {tier} --code {node_code} --parent URL --enrol {code}",
+               err=True)
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("node_code")
+def revoke(node_dir, node_code):
+    """Revoke a node (at the county): it is refused everywhere once the registry arrives."""
+    from shared import errors, registry
+
+    store, key = _county_store(node_dir)
+    try:
+        registry.revoke(store, key, node_code)
+    except errors.NotFound as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    click.echo(f"revoked node {node_code}")
 
 
 @main.group()

@@ -31,6 +31,8 @@ DEFAULTS = {
     # Replication requests carry whole batches; allow a batch of maximum-size documents.
     "MAX_REQUEST_SIZE": 64 * 1024 * 1024,
     "LONGPOLL_MAX_TIMEOUT": 60.0,
+    # base64 of the county's Ed25519 public key: registry entries must verify with it.
+    "COUNTY_PUBLIC_KEY": None,
 }
 
 

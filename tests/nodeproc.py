@@ -119,6 +119,16 @@ def make_node_dir(node_dir, tier="county", code="441521", name="测试县", pare
     return Path(node_dir)
 
 
+def enrol_node(county_dir, parent_url, node_dir, tier, code, name=""):
+    """Issue an enrolment code at the county and ``tongban init --enrol`` a new node."""
+    enrol_code = tongban("enrol", county_dir, "--code", code, "--tier", tier).stdout.strip()
+    tongban("init", node_dir, "--tier", tier, "--code", code, "--name", name,
+            "--parent", parent_url, "--enrol", enrol_code)
+    tongban("user", "add", node_dir, REPLICATOR_USER, "--role", "replicator",
+            input_text=REPLICATOR_PASSWORD + "\n")
+    return Path(node_dir)
+
+
 def start_node(node_dir, *, port=None, create=True, **init_args):
     """Start ``tongban serve`` on a node directory (made first when ``create``)."""
     node_dir = Path(node_dir)

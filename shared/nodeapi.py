@@ -1,0 +1,119 @@
+"""Node-to-node endpoints under ``/sync/`` that are not the replication protocol.
+
+``POST /sync/enrol`` enrols a new node: the county redeems the one-time code; any other
+node relays the request to its parent and keeps the new registry entry at once, so the
+child can sync with it before the registry comes down by replication.
+
+Answers are JSON ``{"error", "reason"}`` on failure, like the ``/db`` endpoints.
+"""
+
+import json
+import logging
+
+from flask import Blueprint, current_app, request
+
+from shared import errors, identity, registry
+from shared.enrolment import store_registry
+from shared.nodeclient import NodeClient, ParentUnreachable
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("nodeapi", __name__, url_prefix="/sync")
+
+STATUS = [(errors.BadRequest, 400), (errors.Unauthorized, 401), (errors.Forbidden, 403),
+          (errors.NotFound, 404), (ParentUnreachable, 503), (errors.ConfigurationError, 503)]
+
+
+def _json(obj, status=200, headers=None):
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return current_app.response_class(body, status=status, headers=headers,
+                                      mimetype="application/json")
+
+
+@bp.errorhandler(errors.TongbanError)
+def _domain_error(exc):
+    if isinstance(exc, errors.PeerError) and not isinstance(exc, ParentUnreachable):
+        # The parent's refusal passes down with its status and reason.
+        status = exc.status if exc.status and exc.status < 500 else 502
+        return _json({"error": "upstream_refused", "reason": str(exc)}, status)
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            error = "parent_unreachable" if cls is ParentUnreachable else exc.error
+            return _json({"error": error, "reason": str(exc)}, status)
+    raise exc
+
+
+def request_json():
+    """The request's JSON object body, or BadRequest."""
+    try:
+        body = json.loads(request.get_data(cache=True) or b"null")
+    except ValueError as exc:
+        raise errors.BadRequest("the request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise errors.BadRequest("the request body must be a JSON object")
+    return body
+
+
+def node_signer(app=None):
+    """This node's request signer (None when it has no key: not enrolled)."""
+    app = app or current_app
+    signer = app.extensions.get("node_signer")
+    if signer is None and app.config.get("NODE_DIR"):
+        key = identity.load_private_key(app.config["NODE_DIR"])
+        if key is not None:
+            signer = identity.RequestSigner(app.config["NODE_CODE"], key,
+                                            clock=node_clock(app))
+            app.extensions["node_signer"] = signer
+    return signer
+
+
+def node_clock(app=None):
+    """The node's wall clock (a test may skew it: see shared.hlc)."""
+    app = app or current_app
+    clock = app.extensions.get("wall_clock")
+    if clock is None:
+        try:
+            from shared.hlc import wall_clock_from_env
+            clock = wall_clock_from_env()
+        except ImportError:  # pragma: no cover - hlc lands with this issue
+            import time
+            clock = time.time
+        app.extensions["wall_clock"] = clock
+    return clock
+
+
+def parent_client(app=None, timeout=10.0):
+    """A signed client of this node's parent."""
+    app = app or current_app
+    parent_url = app.config.get("PARENT_URL")
+    if not parent_url:
+        raise errors.ConfigurationError("this node has no parent")
+    return NodeClient(parent_url, node_signer(app), timeout=timeout)
+
+
+@bp.route("/enrol", methods=["POST"])
+def enrol():
+    """Enrol a node (the county), or relay its enrolment to the parent."""
+    body = request_json()
+    store = current_app.extensions["store"]
+    if current_app.config["TIER"] == "county":
+        key = identity.load_private_key(current_app.config["NODE_DIR"])
+        region_key = identity.load_secrets(current_app.config["NODE_DIR"]).get("region_key")
+        if key is None or not region_key:
+            raise errors.ConfigurationError("this county has no key; run tongban init again")
+        answer = registry.redeem_enrolment(store, key, body, region_key=region_key)
+    else:
+        client = parent_client(timeout=20.0)
+        try:
+            answer = client.post("/sync/enrol", body)
+        finally:
+            client.close()
+        # Keep the new entry now: the child's first sync comes before replication would.
+        store_registry(store, answer.get("registry") or [])
+        store_registry(store, [answer.get("entry")])
+    return _json(answer, 201)
+
+
+def init_app(app):
+    """Register the /sync endpoints."""
+    app.register_blueprint(bp)
