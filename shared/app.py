@@ -9,6 +9,8 @@ from shared import config as cfg
 from shared import db as dbmod
 from shared.errors import ConfigurationError
 from shared.models import MODELS
+from shared.hlc import ClockObserver
+from shared.lookup import CaseApplicants
 from shared.registry import NodeRegistry
 from shared.store.projections import default_projections
 from shared.store.store import Store
@@ -30,6 +32,8 @@ def open_store(config):
     for projection in default_projections():
         store.add_projection(projection)
     store.add_projection(NodeRegistry(config.get("COUNTY_PUBLIC_KEY")))
+    store.add_projection(CaseApplicants())
+    store.add_projection(ClockObserver())
     dbmod.database.initialize(store.db)
     store.db.create_tables(MODELS, safe=True)
     return store

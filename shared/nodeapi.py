@@ -114,6 +114,41 @@ def enrol():
     return _json(answer, 201)
 
 
+def node_clock_of_store(app=None):
+    """The node's hybrid logical clock (persisted in its store)."""
+    from shared.hlc import NodeClock
+
+    app = app or current_app
+    clock = app.extensions.get("hlc")
+    if clock is None:
+        clock = app.extensions["hlc"] = NodeClock(app.extensions["store"], node_clock(app))
+    return clock
+
+
+@bp.route("/lookup", methods=["POST"])
+def lookup():
+    """Handle anywhere: a station asks for a person's cases region-wide."""
+    from shared import auth
+    from shared import lookup as lookups
+
+    principal = auth.get_policy().authenticate(request)
+    body = request_json()
+    node = principal.attributes.get("node")
+    if node is None:
+        if not principal.attributes.get("full") or not body.get("for"):
+            raise errors.Forbidden("only a node, or a full-scope account naming one, may ask")
+        node = current_app.config["NODE_CODE"]
+    client = parent_client(timeout=lookups.LOOKUP_TIMEOUT) \
+        if current_app.config.get("PARENT_URL") else None
+    try:
+        answer = lookups.answer_lookup(current_app.extensions["store"], node_clock_of_store(),
+                                       current_app.config, node, body, client)
+    finally:
+        if client is not None:
+            client.close()
+    return _json(answer)
+
+
 def init_app(app):
     """Register the /sync endpoints."""
     app.register_blueprint(bp)
