@@ -210,6 +210,43 @@ def revoke(node_dir, node_code):
     click.echo(f"revoked node {node_code}")
 
 
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("id_number")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def lookup(node_dir, id_number, as_json):
+    """Find a citizen's cases region-wide (handle anywhere) by ID number."""
+    from shared import identity, nodeapi
+    from shared import lookup as lookups
+
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    region_key = identity.load_secrets(node_dir).get("region_key")
+    if not region_key:
+        store.close()
+        _fail("this node has no region key: enrol it first (tongban init --enrol)")
+    with app.app_context():
+        client = nodeapi.parent_client(app, timeout=lookups.LOOKUP_TIMEOUT) \
+            if app.config.get("PARENT_URL") else None
+        try:
+            answer = lookups.lookup_from_station(
+                store, nodeapi.node_clock_of_store(app), app.config,
+                identity.person_key(region_key, id_number), client)
+        finally:
+            if client is not None:
+                client.close()
+            store.close()
+    if as_json:
+        click.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+        return
+    if answer.get("message"):
+        click.echo(answer["message"])
+    click.echo(f"共 {len(answer['cases'])} 件（由 {answer['answered_by']} 答复）")
+    for case in answer["cases"]:
+        click.echo(f"  {case['number']}  {case['item']}  受理站 {case['origin']}  "
+                   f"办理 {case['handler']}")
+
+
 @main.group()
 def user():
     """Manage the node's accounts."""
