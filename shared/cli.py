@@ -304,6 +304,11 @@ def info(node_dir, as_json):
         click.echo(f"{key:12} {summary[key] if summary[key] is not None else '-'}")
     for doc_type, count in summary["docs_by_type"].items():
         click.echo(f"{'type ' + doc_type:12} {count}")
+    catalog = summary["catalog"]
+    latest = catalog["latest"]
+    click.echo(f"{'catalog':12} {catalog['items']} items" + (
+        f", latest change {latest['id']} {latest['rev']} {latest['title'] or ''}"
+        if latest else ""))
 
 
 @main.command()

@@ -132,9 +132,11 @@ def test_reindex_rebuilds_the_type_counts(tmp_path, runner):
     store.db.execute_sql("DELETE FROM doc_type")
     store.close()
     result = runner.invoke(main, ["reindex", str(node)])
-    assert result.exit_code == 0 and "reindexed 5 documents" in result.output
+    # five items and the county's own registry entry
+    assert result.exit_code == 0 and "reindexed 6 documents" in result.output
     info = json.loads(runner.invoke(main, ["info", str(node), "--json"]).output)
-    assert info["docs_by_type"] == {"item": 5}
+    assert info["docs_by_type"] == {"item": 5, "node": 1}
+    assert info["catalog"]["items"] == 0 and info["enrolled"] is True
 
 
 def test_demo_brings_the_catalog_to_every_node(tmp_path):

@@ -22,7 +22,28 @@ def node_summary(app=None):
         "doc_del_count": info["doc_del_count"],
         "update_seq": info["update_seq"],
         "docs_by_type": TypeIndex.counts(store.db),
+        "catalog": catalog_summary(store),
+        "enrolled": bool(app.config.get("COUNTY_PUBLIC_KEY")),
     }
+
+
+def catalog_summary(store):
+    """How many catalog items this node holds and which one changed last.
+
+    The latest change is the live item with the highest sequence: after the county edits
+    an item, every node that has received the edit names the same item and revision.
+    """
+    count = store.db.execute_sql(
+        "SELECT COUNT(*) FROM document WHERE id >= 'item:' AND id < 'item;' AND deleted = 0"
+    ).fetchone()[0]
+    row = store.db.execute_sql(
+        "SELECT id, rev FROM document WHERE id >= 'item:' AND id < 'item;' AND deleted = 0 "
+        "ORDER BY seq DESC LIMIT 1").fetchone()
+    latest = None
+    if row is not None:
+        doc = store.get(row[0])
+        latest = {"id": row[0], "rev": row[1], "title": doc.get("title") or doc.get("name")}
+    return {"items": count, "latest": latest}
 
 
 def wants_html():
