@@ -8,10 +8,11 @@ from flask import Flask
 from shared import config as cfg
 from shared import db as dbmod
 from shared.errors import ConfigurationError
-from shared.models import MODELS
+from shared.models import MODELS, migrate
 from shared.hlc import ClockObserver
 from shared.lookup import CaseApplicants
 from shared.registry import NodeRegistry
+from shared.scopes import CaseParties, NodePolicy
 from shared.store.projections import default_projections
 from shared.store.store import Store
 
@@ -34,8 +35,10 @@ def open_store(config):
     store.add_projection(NodeRegistry(config.get("COUNTY_PUBLIC_KEY")))
     store.add_projection(CaseApplicants())
     store.add_projection(ClockObserver())
+    store.add_projection(CaseParties())
     dbmod.database.initialize(store.db)
     store.db.create_tables(MODELS, safe=True)
+    migrate(store.db)
     return store
 
 
@@ -63,11 +66,14 @@ def create_app(config=None, node_dir=None):
     app.extensions["store"] = open_store(merged)
 
     from shared import couch, nodeapi
-    from shared.views import home
+    from shared.views import home, sync
 
+    # Every node serves /db under the scopes; a test may replace the policy afterwards.
+    app.extensions["couch_policy"] = NodePolicy(app.extensions["store"])
     couch.init_app(app)
     nodeapi.init_app(app)
     home.init_app(app)
+    sync.init_app(app)
     module.init_app(app)
     return app
 

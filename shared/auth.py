@@ -145,13 +145,22 @@ class CouchPolicy(abc.ABC):
         """
 
     def read_filter(self, principal):
-        """``can_read`` bound to ``principal``: the ``row_filter`` of ``Store.changes``."""
+        """``can_read`` bound to ``principal``: the ``row_filter`` of ``Store.changes``.
+
+        May return None when ``principal`` reads everything (the feed then runs
+        unfiltered). A filter may memoise: couch.py makes a new one for each read of
+        the feed, so that a longpoll sees documents that became readable while it waited.
+        """
         def readable(doc_id):
             return self.can_read(principal, doc_id)
         return readable
 
-    def write_check(self, principal):
-        """``check_write`` bound to ``principal``: the ``check`` of ``Store.bulk_docs``."""
+    def write_check(self, principal, new_edits=True):
+        """``check_write`` bound to ``principal``: the ``check`` of ``Store.bulk_docs``.
+
+        :param new_edits: the mode of the write (a policy may judge a replicated
+            revision already held differently from a new edit).
+        """
         def check(doc_id, doc, state):
             self.check_write(principal, doc_id, doc, state)
         return check
@@ -168,6 +177,15 @@ class ReplicatorPolicy(CouchPolicy):
 
     def authenticate(self, request):
         """Check Basic credentials against the node's accounts (scrypt once, then cached)."""
+        account = self.authenticate_account(request)
+        return Principal(name=account.username, roles=tuple(account.role_list))
+
+    def authenticate_account(self, request):
+        """The :class:`~shared.models.Account` whose Basic credentials ``request`` carries.
+
+        :raises Unauthorized: no Basic credentials, a wrong password, or an account
+            without the ``replicator`` role.
+        """
         credentials = basic_credentials(request)
         if credentials is None:
             raise errors.Unauthorized(BAD_CREDENTIALS)
@@ -181,10 +199,9 @@ class ReplicatorPolicy(CouchPolicy):
                 logger.info("bad password for %s from %s", username, request.remote_addr)
                 raise errors.Unauthorized(BAD_CREDENTIALS)
             self.cache.remember(username, password, stored)
-        roles = tuple(account.role_list)
-        if REPLICATOR_ROLE not in roles:
+        if REPLICATOR_ROLE not in account.role_list:
             raise errors.Unauthorized(BAD_CREDENTIALS)
-        return Principal(name=username, roles=roles)
+        return account
 
     def challenge_headers(self, request):
         """Challenge clients other than browser scripts.

@@ -271,21 +271,27 @@ def _read_password():
 @click.option("--role", "roles", required=True, multiple=True,
               type=click.Choice(("replicator", "clerk", "approver", "supervisor",
                                  "county_admin")))
-def user_add(node_dir, name, roles):
+@click.option("--scope", default="*", show_default=True, metavar="CODE|*",
+              help="What a replicator account may replicate: what the node CODE may, or "
+                   "everything (*).")
+def user_add(node_dir, name, roles, scope):
     """Create an account; the password is read from the terminal or one line of stdin."""
-    from shared.models import Account, hash_password
+    from shared.models import FULL_SCOPE, Account, hash_password
 
     if not name or not name.strip() or ":" in name:
         _fail("an account name must be non-empty and contain no ':'")
+    if scope != FULL_SCOPE and not (scope.isdigit() and len(scope) in cfg.TIER_BY_LENGTH):
+        _fail(f"--scope must be * or a node code of 6, 9 or 12 digits, not {scope!r}")
     app = load_app(node_dir)
     if Account.select().where(Account.username == name).exists():
         _fail(f"account {name!r} exists already")
     password = _read_password()
     Account.create(username=name, password_hash=hash_password(password),
-                   roles=",".join(dict.fromkeys(roles)),
+                   roles=",".join(dict.fromkeys(roles)), scope=scope,
                    created=datetime.datetime.now(datetime.timezone.utc))
     app.extensions["store"].close()
-    click.echo(f"account {name} created with role {', '.join(roles)}")
+    where = "everything" if scope == FULL_SCOPE else f"the scope of node {scope}"
+    click.echo(f"account {name} created with role {', '.join(roles)}, replicating {where}")
 
 
 @main.command()
@@ -379,6 +385,39 @@ def demo(base_dir, base_port, exit_when_synced, timeout):
         run_demo(base_dir, base_port, exit_when_synced=exit_when_synced, timeout=timeout)
     except RuntimeError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--once", is_flag=True,
+              help="One pull and push round per link; exit non-zero when one failed.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def syncd(node_dir, once, verbose):
+    """Sync the node with its parent (and upstream hub) until SIGTERM or Ctrl-C."""
+    from syncd.commands import run_syncd  # shared imports syncd only here, lazily
+
+    run_syncd(load_app(node_dir), once=once, verbose=verbose)
+
+
+@main.group()
+def sync():
+    """Sync with the parent node."""
+
+
+@sync.command("status")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sync_status(node_dir, as_json):
+    """Each link's state, last success, documents waiting and last error."""
+    from shared.syncstatus import format_text, status_report
+
+    app = load_app(node_dir)
+    report = status_report(app.extensions["store"], app.config)
+    app.extensions["store"].close()
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_text(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,10 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "COPY", "PATCH"]
 FEEDS = ("normal", "longpoll", "continuous", "live", "eventsource")
 DEFAULT_FEED_TIMEOUT_MS = 60000
 CHANGES_CHUNK_ROWS = 500
+#: ``pending`` of a filtered feed counts the readable rows among at most this many of
+#: the changes that follow (a lower bound: counting a scope must not cost a full scan,
+#: and counting every row would tell a caller how much it may not see).
+PENDING_SCAN_ROWS = 10000
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -233,9 +237,9 @@ def readable(doc_id):
     return policy().can_read(g.couch_principal, doc_id)
 
 
-def write_check():
+def write_check(new_edits=True):
     """The caller's write check, for ``Store.bulk_docs(check=...)``."""
-    return policy().write_check(g.couch_principal)
+    return policy().write_check(g.couch_principal, new_edits=new_edits)
 
 
 def route(rule, allowed):
@@ -323,7 +327,7 @@ def database():
 
 def write_one(doc, new_edits=True):
     """Write one document through the policy; returns its rev or raises its error."""
-    results = store().bulk_docs([doc], new_edits=new_edits, check=write_check())
+    results = store().bulk_docs([doc], new_edits=new_edits, check=write_check(new_edits))
     if new_edits:
         entry = results[0]
         if "error" in entry:
@@ -507,7 +511,7 @@ def bulk_docs():
     new_edits = body.get("new_edits", True)
     if not isinstance(new_edits, bool):
         raise errors.BadRequest("`new_edits` parameter must be a boolean.")
-    results = store().bulk_docs(docs, new_edits=new_edits, check=write_check())
+    results = store().bulk_docs(docs, new_edits=new_edits, check=write_check(new_edits))
     return json_response(results, 201)
 
 
@@ -555,17 +559,25 @@ def _bulk_get_error(doc_id, rev, error, reason):
 def revs_diff():
     """Which of the offered revisions this node lacks."""
     wanted = json_body(dict)
-    # A document the caller may not read is answered as absent: all its revs missing.
+    # A document the caller may not read is answered as absent: all its revs missing,
+    # no possible ancestors, and in the place the request gave it.
     hidden = {doc_id: revs for doc_id, revs in wanted.items() if not readable(doc_id)}
     visible = {doc_id: revs for doc_id, revs in wanted.items() if doc_id not in hidden}
-    result = store().revs_diff(visible)
-    if hidden:
-        for doc_id, revs in hidden.items():
+    found = store().revs_diff(visible)
+    if not hidden:
+        return json_response(found)
+    result = {}
+    for doc_id, revs in wanted.items():
+        if doc_id in hidden:
             if not isinstance(revs, list):
                 raise errors.BadRequest("Invalid rev format")
             for rev in revs:
                 R.parse_rev(rev)
-            result[doc_id] = {"missing": list(dict.fromkeys(revs))}
+            missing = R.find_missing({}, revs)
+            if missing:
+                result[doc_id] = {"missing": missing}
+        elif doc_id in found:
+            result[doc_id] = found[doc_id]
     return json_response(result)
 
 
@@ -590,6 +602,9 @@ def all_docs():
     options = {"include_docs": query_bool("include_docs"), "conflicts": query_bool("conflicts")}
     if limit is not None and limit < 0:
         raise QueryParseError(f"Invalid value for positive integer: \"{limit}\"")
+    # total_rows and offset count every live document, readable or not: computing them
+    # per caller would cost a scan of the whole store per request, and they reveal only
+    # how many documents the node holds, never which.
     if keys is not None:
         total, rows = store().all_docs(keys=keys, limit=limit, skip=skip, **options)
         rows = [row if "error" in row or readable(row["id"])
@@ -696,11 +711,19 @@ def changes():
         # CouchDB stops after the first row for any limit below one.
         limit = max(limit, 1)
     doc_ids, extra = _changes_filter()
-    readable_by = policy().read_filter(g.couch_principal)
-    row_filter = readable_by if extra is None else (lambda d: extra(d) and readable_by(d))
+    principal = g.couch_principal
+    feed_policy = policy()
+
+    def row_filter():
+        """A fresh filter for each read: a policy's filter memoises what it decided, and
+        a case may become readable while a longpoll or continuous feed waits."""
+        readable_by = feed_policy.read_filter(principal)
+        if readable_by is None or extra is None:
+            return readable_by or extra
+        return lambda d: extra(d) and readable_by(d)
+
     options = {"style": style, "include_docs": query_bool("include_docs"),
-               "conflicts": query_bool("conflicts"), "doc_ids": doc_ids,
-               "row_filter": row_filter}
+               "conflicts": query_bool("conflicts"), "doc_ids": doc_ids}
     descending = query_bool("descending")
     feed = "continuous" if feed == "live" else feed
     heartbeat = _heartbeat_seconds()
@@ -710,10 +733,19 @@ def changes():
                              else DEFAULT_FEED_TIMEOUT_MS) / 1000.0)
     feed_store = store()
 
+    def read(seq, limit, descending=False):
+        """One read of the feed, and the rows that follow it (CouchDB's ``pending``)."""
+        rows_filter = row_filter()
+        rows, last_seq = feed_store.changes(seq, limit=limit, descending=descending,
+                                            row_filter=rows_filter, **options)
+        if descending or limit is None or len(rows) < limit:
+            # Not cut short by limit: the store read the rest of the feed already.
+            return rows, last_seq, 0
+        return rows, last_seq, feed_store.pending(last_seq, doc_ids, row_filter=rows_filter,
+                                                  scan_limit=PENDING_SCAN_ROWS)
+
     if feed == "normal" or descending:
-        rows, last_seq = feed_store.changes(since, limit=limit, descending=descending,
-                                            **options)
-        pending = _pending(feed_store, last_seq, doc_ids, limit, rows, descending)
+        rows, last_seq, pending = read(since, limit, descending)
         return Response(_normal_body(rows, last_seq, pending), mimetype="application/json")
 
     def wait(seq, deadline):
@@ -734,15 +766,14 @@ def changes():
 
     if feed == "longpoll":
         def longpoll():
-            rows, last_seq = feed_store.changes(since, limit=limit, **options)
+            rows, last_seq, pending = read(since, limit)
             deadline = time.monotonic() + timeout
             while not rows:
                 changed = yield from _relay(wait(last_seq, deadline))
                 if not changed:
                     break
                 # A change the filters drop leaves rows empty: keep waiting after it.
-                rows, last_seq = feed_store.changes(last_seq, limit=limit, **options)
-            pending = _pending(feed_store, last_seq, doc_ids, limit, rows, False)
+                rows, last_seq, pending = read(last_seq, limit)
             yield from _normal_body(rows, last_seq, pending)
 
         return Response(longpoll(), mimetype="application/json")
@@ -754,7 +785,8 @@ def changes():
         deadline = time.monotonic() + timeout
         while True:
             rows, seq_after = feed_store.changes(
-                seq, limit=None if limit is None else limit - sent, **options)
+                seq, limit=None if limit is None else limit - sent, row_filter=row_filter(),
+                **options)
             for row in rows:
                 if eventsource:
                     yield f"data: {_encode(row)}\nid: {row['seq']}\n\n"
@@ -811,17 +843,6 @@ def _normal_body(rows, last_seq, pending):
         chunk = ",\n".join(_encode(row) for row in rows[start:start + CHANGES_CHUNK_ROWS])
         yield (",\n" if start else "") + chunk
     yield f'\n],\n"last_seq":{last_seq},"pending":{pending}}}\n'
-
-
-def _pending(feed_store, last_seq, doc_ids, limit, rows, descending):
-    """How many changes follow ``last_seq`` (CouchDB's ``pending``).
-
-    Only a feed cut short by ``limit`` can have any: the store read the rest of the
-    feed in the same snapshot otherwise. The count ignores the policy's row filter.
-    """
-    if descending or limit is None or len(rows) < limit:
-        return 0
-    return feed_store.pending(last_seq, doc_ids)
 
 
 def init_app(app):

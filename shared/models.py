@@ -8,6 +8,7 @@ from peewee import CharField, DateTimeField, Model, TextField
 
 from shared.db import database
 
+FULL_SCOPE = "*"
 ROLES = ("replicator", "clerk", "approver", "supervisor", "county_admin")
 
 # scrypt parameters: ~50 ms per check on the slow village PCs, 16 MiB of memory.
@@ -49,6 +50,9 @@ class Account(BaseModel):
     password_hash = TextField()
     roles = TextField()  # comma-separated, from ROLES
     created = DateTimeField()
+    #: What a replicator account may replicate: a node code (exactly what that node
+    #: may) or ``*`` (everything). See docs/sync.md, "Scopes".
+    scope = CharField(default=FULL_SCOPE)
 
     @property
     def role_list(self):
@@ -57,3 +61,12 @@ class Account(BaseModel):
 
 
 MODELS = [Account]
+
+
+def migrate(db):
+    """Bring the tables of a node made by an older version up to the models (idempotent)."""
+    columns = {row[1] for row in db.execute_sql("PRAGMA table_info(account)").fetchall()}
+    if columns and "scope" not in columns:
+        # Accounts made before scopes existed keep seeing everything, as they did.
+        db.execute_sql("ALTER TABLE account ADD COLUMN scope VARCHAR(255) NOT NULL "
+                       f"DEFAULT '{FULL_SCOPE}'")

@@ -15,8 +15,8 @@ from tests.nodeproc import REPLICATOR_PASSWORD, REPLICATOR_USER, start_node
 
 @pytest.fixture
 def node(tmp_path):
-    """A county node served by its own process on 127.0.0.1, stopped in teardown."""
-    node = start_node(tmp_path / "county", tier="county", code="441521")
+    """A node (a township not yet enrolled, so its store starts empty) in its own process."""
+    node = start_node(tmp_path / "township", tier="township", code="441521101")
     yield node
     node.stop()
 

@@ -23,9 +23,13 @@ LINE_WAIT = 120
 
 @pytest.fixture
 def node(tmp_path):
-    """A county node served by its own process on 127.0.0.1, stopped in teardown."""
+    """A node served by its own process on 127.0.0.1, stopped in teardown.
+
+    A township not yet enrolled: its store starts empty (a county's holds its own
+    registry entry), and its replicator account has the full scope.
+    """
     npm_ready()
-    node = start_node(tmp_path / "county", tier="county", code="441521")
+    node = start_node(tmp_path / "township", tier="township", code="441521101")
     yield node
     node.stop()
 

@@ -158,6 +158,14 @@ class Store:
 
         ``apply`` receives ``[(doc_id, doc_or_None), ...]`` (None when the winner is
         deleted) inside the write transaction.
+
+        ``apply`` may return an iterable of document ids to *re-announce*: each one that
+        exists and was not written by this transaction gets a new sequence in the same
+        transaction, so it appears again in the changes feed after every checkpoint
+        (a node that just became allowed to read it then receives it). Re-announced
+        documents take their sequences in the order given, before the documents the
+        transaction wrote, which move after them (a case header then still precedes
+        the event that made it visible). ``reindex`` ignores the returned ids.
         """
         with self.db.atomic():
             for statement in projection.tables:
@@ -419,14 +427,25 @@ class Store:
             last_seq = rows[-1]["seq"]
         return rows, last_seq
 
-    def pending(self, since, doc_ids=None):
-        """How many documents changed after ``since`` (optionally among ``doc_ids``)."""
+    def pending(self, since, doc_ids=None, *, row_filter=None, scan_limit=10000):
+        """How many documents changed after ``since`` (optionally among ``doc_ids``).
+
+        :param row_filter: count only ids it accepts (``changes``' hook); then at most
+            ``scan_limit`` changes are looked at, so the answer is a lower bound that
+            costs no more than one bounded scan.
+        """
         sql = "SELECT COUNT(*) FROM document WHERE seq > ?"
         params = [since]
         if doc_ids is not None:
             sql += " AND id IN (SELECT value FROM json_each(?))"
             params.append(_dumps(list(doc_ids)))
-        return self.db.execute_sql(sql, params).fetchone()[0]
+        if row_filter is None:
+            return self.db.execute_sql(sql, params).fetchone()[0]
+        sql = sql.replace("COUNT(*)", "id") + " ORDER BY seq LIMIT ?"
+        cursor = self.db.execute_sql(sql, params + [scan_limit])
+        count = sum(1 for (doc_id,) in cursor if row_filter(doc_id))
+        cursor.close()
+        return count
 
     def _winner_doc(self, doc_id, rev, conflicts):
         loaded = self._load(doc_id)
@@ -655,11 +674,31 @@ class Store:
             "INSERT OR REPLACE INTO revision (doc_id, rev, body) VALUES (?,?,?)", kept)
         if dropped_bodies:
             conn.executemany("DELETE FROM revision WHERE doc_id = ? AND rev = ?", dropped_bodies)
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'update_seq'", (str(seq),))
         if self.projections:
             docs = self._projection_docs(projected, {(d, r): b for d, r, b in kept})
+            announce = []
             for projection in self.projections:
-                projection.apply(self.db, docs)
+                announce.extend(projection.apply(self.db, docs) or ())
+            if announce:
+                seq = self._reannounce(conn, announce, touched, seq)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'update_seq'", (str(seq),))
+        return seq
+
+    @staticmethod
+    def _reannounce(conn, doc_ids, touched, seq):
+        """Give ``doc_ids`` (not in ``touched``) new sequences, then move ``touched`` after."""
+        moved = False
+        for doc_id in dict.fromkeys(doc_ids):
+            if doc_id in touched:
+                continue
+            cursor = conn.execute("UPDATE document SET seq = ? WHERE id = ?", (seq + 1, doc_id))
+            if cursor.rowcount:
+                seq += 1
+                moved = True
+        if moved:
+            for doc_id in touched:
+                seq += 1
+                conn.execute("UPDATE document SET seq = ? WHERE id = ?", (seq, doc_id))
         return seq
 
     def _projection_docs(self, projected, fresh_bodies):
@@ -691,6 +730,7 @@ class Store:
                     break
                 docs = self._projection_docs([(d, r, bool(x)) for d, r, x in chunk], {})
                 for projection in self.projections:
+                    # A rebuild re-announces nothing: no reader's scope changed.
                     projection.apply(self.db, docs)
                 done += len(chunk)
                 last_id = chunk[-1][0]
