@@ -1,6 +1,7 @@
-"""What ``tongban replicate`` runs: peers from the arguments, progress lines, a summary."""
+"""What ``tongban replicate`` and ``tongban syncd`` run."""
 
 import logging
+import signal
 import threading
 import time
 
@@ -84,7 +85,49 @@ def run_replicate(source, target, *, continuous=False, doc_ids=None, batch_size=
     click.echo(summary_line(entry, seconds, stopped))
     if entry["doc_write_failures"]:
         raise click.ClickException(
-            f"{entry['doc_write_failures']} documents were not replicated (see the log); "
-            "the checkpoint stays before the first of them")
+            f"{entry['doc_write_failures']} documents were not replicated (see the log)")
     if stopped and not continuous:
         raise click.ClickException("interrupted; the next run resumes from the checkpoint")
+
+
+def run_syncd(app, *, once=False, verbose=0):
+    """Run the sync daemon of ``app``'s node: until SIGTERM/SIGINT, or one round.
+
+    :raises click.ClickException: invalid sync settings; with ``once``, a failed link.
+    """
+    from syncd.daemon import SyncDaemon
+
+    # State changes and failures are worth a line by default; the replicator's per-run
+    # lines only with -v (a busy node runs many rounds a minute).
+    logging.getLogger("syncd").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.getLogger("syncd.replicator").setLevel(
+        logging.WARNING if not verbose else logging.DEBUG if verbose > 1 else logging.INFO)
+    try:
+        from shared.hlc import wall_clock_from_env
+
+        clock = wall_clock_from_env()
+        daemon = SyncDaemon(app.config, app.extensions["store"], app=app, clock=clock)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    if once:
+        results = daemon.run_once()
+        for link in daemon.links:
+            click.echo(daemon.summary(link))
+        daemon.close()
+        if not daemon.links:
+            click.echo("no links: this node has no PARENT_URL or UPSTREAM_URL", err=True)
+        failed = [name for name, ok in results.items() if not ok]
+        if failed:
+            raise click.ClickException(f"sync failed on: {', '.join(failed)}")
+        return
+
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        logger.info("signal %s: stopping after the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    daemon.run(stop)

@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import os
+import threading
 import urllib.parse
 
 import couchdb.http
@@ -121,6 +122,14 @@ class Peer(abc.ABC):
         :raises PeerError:
         """
 
+    def pending(self, since):
+        """How many changes follow ``since`` (CouchDB's ``pending``), for status reports.
+
+        :returns: a count, or None when the peer does not say.
+        :raises PeerError:
+        """
+        return None
+
     def close(self):
         """Release connections or files; the peer is unusable afterwards."""
 
@@ -195,6 +204,10 @@ class LocalPeer(Peer):
     def ensure_full_commit(self):
         """Nothing to do: every store write is its own committed transaction."""
 
+    def pending(self, since):
+        """Documents changed after ``since`` in the store."""
+        return self._call(self.store.pending, since or 0)
+
     def close(self):
         """Close this thread's connection to the store."""
         self.store.close()
@@ -228,6 +241,35 @@ class _NoCache:
         pass
 
 
+class _RecordingPool(couchdb.http.ConnectionPool):
+    """couchdb.http's connection pool, remembering per thread the headers of the last
+    response: the library raises on an error status and drops them, and a signed request
+    refused for clock skew carries the server's time in a header."""
+
+    def __init__(self, timeout):
+        super().__init__(timeout)
+        self._local = threading.local()
+
+    def get(self, url):
+        conn = super().get(url)
+        if not getattr(conn, "_tongban_recording", False):
+            original, local = conn.getresponse, self._local
+
+            def getresponse(*args, **kwargs):
+                response = original(*args, **kwargs)
+                local.headers = response.msg
+                return response
+
+            conn.getresponse = getresponse
+            conn._tongban_recording = True
+        return conn
+
+    def last_header(self, name):
+        """A header of the last response this thread received, or None."""
+        headers = getattr(self._local, "headers", None)
+        return headers.get(name) if headers is not None else None
+
+
 class HttpPeer(Peer):
     """A CouchDB-protocol database over HTTP (keep-alive connections).
 
@@ -241,13 +283,21 @@ class HttpPeer(Peer):
     and reported as PeerError like any other transport failure. Credentials are taken from
     the URL by ``urllib`` (passwords may hold ``:`` or ``@``) and passed per request.
 
+    Node-to-node requests are signed instead (docs/sync.md, "Signed requests"): a
+    ``signer`` gives the headers of each request; when the other node answers 401 with
+    ``X-Tongban-Time`` (our clock is off), the signer is told the server's time and the
+    request is signed and sent once more.
+
     :param url: the database URL, optionally with ``user:password@``.
     :param auth: ``(user, password)``, overriding credentials in the URL.
     :param session: a ``couchdb.http.Session`` to share connections (one is made otherwise).
     :param timeout: socket timeout in seconds.
+    :param signer: an object with ``headers(method, path_qs, body_bytes) -> dict`` and
+        ``observe_server_time(unix_seconds)`` (``shared.identity.RequestSigner``); when
+        given, no Basic credentials are sent.
     """
 
-    def __init__(self, url, auth=None, session=None, *, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, url, auth=None, session=None, *, timeout=DEFAULT_TIMEOUT, signer=None):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.PeerError(f"not an http(s) database URL: {url!r}")
@@ -263,6 +313,9 @@ class HttpPeer(Peer):
             (parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.session = session or couchdb.http.Session(timeout=timeout)
         self.session.cache = _NoCache()
+        if not isinstance(self.session.connection_pool, _RecordingPool):
+            self.session.connection_pool = _RecordingPool(self.session.connection_pool.timeout)
+        self.signer = signer
         self._has_bulk_get = None  # unknown until the first try
 
     # -- transport ----------------------------------------------------------------------
@@ -282,20 +335,53 @@ class HttpPeer(Peer):
         :raises PeerError: on a transport failure or an HTTP status of 400 or more.
         """
         url = self._url(path, params)
-        headers = {"Accept": "application/json"}
-        payload = None
-        if body is not None:
-            payload = _dumps(body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
+        payload = None if body is None else _dumps(body).encode("utf-8")
+        try:
+            status, raw = self._send(method, url, payload)
+        except errors.PeerError as exc:
+            server_time = getattr(exc, "server_time", None)
+            if self.signer is None or exc.status != 401 or server_time is None:
+                raise
+            # The other node says our clock is off: correct the offset, sign again, once.
+            logger.info("%s refused our timestamp; signing again with its time", self.url)
+            self.signer.observe_server_time(server_time)
+            status, raw = self._send(method, url, payload)
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise errors.PeerError(f"{method} {url}: response is not JSON", status=status,
+                                   original=exc) from exc
+
+    def _send(self, method, url, payload):
+        """One request, retried once on a keep-alive connection the server closed.
+
+        :returns: ``(status, body bytes)``.
+        :raises PeerError: with ``server_time`` set from ``X-Tongban-Time`` on a 401.
+        """
+        parts = urllib.parse.urlsplit(url)
+        # The path and query exactly as couchdb.http puts them on the request line.
+        path_qs = parts.path + (f"?{parts.query}" if parts.query else "")
         for attempt in (1, 2):
+            headers = {"Accept": "application/json"}
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            if self.signer is not None:
+                # Fresh per attempt: a resent nonce would be refused as a replay.
+                headers.update(self.signer.headers(method, path_qs, payload or b""))
             try:
-                status, response_headers, data = self.session.request(
-                    method, url, body=payload, headers=dict(headers),
-                    credentials=self.credentials)
-                raw = data.read() if data is not None else b""
-                break
+                status, _, data = self.session.request(
+                    method, url, body=payload, headers=headers,
+                    credentials=None if self.signer is not None else self.credentials)
+                return status, (data.read() if data is not None else b"")
             except couchdb.http.HTTPError as exc:
-                raise _http_error(method, url, exc) from exc
+                error = _http_error(method, url, exc)
+                error.server_time = None
+                if error.status == 401:
+                    error.server_time = _float_or_none(
+                        self.session.connection_pool.last_header("X-Tongban-Time"))
+                raise error from exc
             except (http.client.RemoteDisconnected, ConnectionResetError,
                     BrokenPipeError) as exc:
                 # An idle keep-alive connection closed by the server: retry once, fresh.
@@ -306,13 +392,6 @@ class HttpPeer(Peer):
             except Exception as exc:
                 raise errors.PeerError(f"{method} {url}: {exc.__class__.__name__}: {exc}",
                                        original=exc) from exc
-        if not raw:
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise errors.PeerError(f"{method} {url}: response is not JSON", status=status,
-                                   original=exc) from exc
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -338,6 +417,13 @@ class HttpPeer(Peer):
         result = self._changes({"feed": "longpoll", "since": since or 0, "limit": 1,
                                 "timeout": int(timeout * 1000), "style": "all_docs"}, doc_ids)
         return bool(result.get("results"))
+
+    def pending(self, since):
+        """``_changes?since=&limit=0``: the rows it returns plus its ``pending``."""
+        result = self._request("GET", ["_changes"], params={"since": since or 0, "limit": 0})
+        if not isinstance(result, dict) or not isinstance(result.get("pending"), int):
+            return None
+        return len(result.get("results") or []) + result["pending"]
 
     def _changes(self, params, doc_ids):
         # The _doc_ids filter takes its ids in a POST body; everything else is a GET.
@@ -446,6 +532,13 @@ def _fetched(doc_id, entry):
     if not isinstance(error, dict):
         error = {"error": str(error), "reason": str(entry.get("reason", ""))}
     return {"error": dict(error, id=error.get("id", doc_id))}
+
+
+def _float_or_none(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _query_value(value):

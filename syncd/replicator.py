@@ -26,6 +26,11 @@ HISTORY_LIMIT = 50
 #: Seconds one longpoll waits in continuous mode before the stop flag is looked at again.
 POLL_TIMEOUT = 10.0
 
+#: Write errors for one document that CouchDB's replicator skips: the target will never take
+#: that revision from us (a scope or validation refusal), so holding the checkpoint before
+#: it would only make every later run read it again. Counted and logged, never silent.
+SKIPPED_WRITE_ERRORS = ("forbidden", "unauthorized")
+
 STAT_KEYS = ("missing_checked", "missing_found", "docs_read", "docs_written",
              "doc_write_failures")
 
@@ -275,7 +280,9 @@ def replicate(source, target, *, continuous=False, doc_ids=None, batch_size=500,
 
     Checkpoints only what the target acknowledged: a document that failed to fetch or
     write is counted in ``doc_write_failures``, logged, and the checkpoint stays before it
-    for the rest of the run, so the next run reads it again.
+    for the rest of the run, so the next run reads it again. A write the target refuses
+    as ``forbidden`` or ``unauthorized`` is counted and logged the same way but, as in
+    CouchDB, does not hold the checkpoint back (it would be refused again).
 
     :param source: a :class:`syncd.peers.Peer` to read.
     :param target: a :class:`syncd.peers.Peer` to write.
@@ -335,20 +342,22 @@ def replicate(source, target, *, continuous=False, doc_ids=None, batch_size=500,
             stats["docs_read"] += len(batch.docs)
             failed = [dict(error, error=error.get("error", "fetch_failed"))
                       for error in batch.fetch_errors]
+            skipped = []
             # 2.4.2.5.2 Upload Batch of Changed Documents: new_edits=false keeps the
             # source's revisions and history as they are
             if batch.docs:
                 write_failures = target.bulk_docs(batch.docs, new_edits=False)
-                failed += write_failures
                 stats["docs_written"] += len(batch.docs) - len(write_failures)
-            if failed:
-                stats["doc_write_failures"] += len(failed)
-                for failure in failed:
-                    logger.warning("replication %s: %s %s not replicated: %s %s", rep_id,
-                                   failure.get("id"), failure.get("rev", ""),
-                                   failure.get("error"), failure.get("reason", ""))
-                if held_at is None:
-                    held_at = first_failure_seq(batch, {f.get("id") for f in failed})
+                for failure in write_failures:
+                    (skipped if failure.get("error") in SKIPPED_WRITE_ERRORS
+                     else failed).append(failure)
+            for failure in skipped + failed:
+                logger.warning("replication %s: %s %s not replicated: %s %s", rep_id,
+                               failure.get("id"), failure.get("rev", ""),
+                               failure.get("error"), failure.get("reason", ""))
+            stats["doc_write_failures"] += len(skipped) + len(failed)
+            if failed and held_at is None:
+                held_at = first_failure_seq(batch, {f.get("id") for f in failed})
             # 2.4.2.5.4 Ensure In Commit, then 2.4.2.5.5 Record Replication Checkpoint
             seq = held_at if held_at is not None else batch.last_seq
             if seq != checkpointer.recorded_seq:

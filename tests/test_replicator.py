@@ -192,23 +192,25 @@ def test_interrupted_replication_resumes_without_duplicates(stores, prefetch):
 
 
 class RefusingTarget(LocalPeer):
-    """A target that refuses one document (as a scope check would) and writes the rest."""
+    """A target that refuses one document with ``error`` and writes the rest."""
 
-    def __init__(self, store, refused):
+    def __init__(self, store, refused, error="forbidden"):
         super().__init__(store)
         self.refused = refused
+        self.error = error
 
     def bulk_docs(self, docs, *, new_edits=False):
         kept = [doc for doc in docs if doc["_id"] != self.refused]
         failures = super().bulk_docs(kept, new_edits=new_edits)
-        return failures + [{"id": self.refused, "error": "forbidden", "reason": "out of scope"}
+        return failures + [{"id": self.refused, "error": self.error, "reason": "refused"}
                            for doc in docs if doc["_id"] == self.refused]
 
 
 def test_a_failed_document_is_counted_and_the_checkpoint_stays_before_it(stores, caplog):
     source, target = stores("a"), stores("b")
     fill(source, 30)
-    result = replicate(LocalPeer(source), RefusingTarget(target, "doc0012"), batch_size=10)
+    result = replicate(LocalPeer(source), RefusingTarget(target, "doc0012", "unknown_error"),
+                       batch_size=10)
     assert result["doc_write_failures"] == 1 and result["docs_written"] == 29
     assert result["recorded_seq"] == 12  # doc0012 has seq 13
     assert "doc0012" in caplog.text
@@ -216,6 +218,39 @@ def test_a_failed_document_is_counted_and_the_checkpoint_stays_before_it(stores,
     assert again["start_last_seq"] == 12
     assert again["docs_written"] == 1 and again["missing_found"] == 1
     same_documents(source, target)
+
+
+@pytest.mark.parametrize("error", ["forbidden", "unauthorized"])
+def test_a_refused_document_is_counted_and_skipped_as_couchdb_does(stores, caplog, error):
+    source, target = stores("a"), stores("b")
+    fill(source, 30)
+    result = replicate(LocalPeer(source), RefusingTarget(target, "doc0012", error),
+                       batch_size=10)
+    assert result["doc_write_failures"] == 1 and result["docs_written"] == 29
+    # The target will refuse it every time: the checkpoint passes it, the log names it.
+    assert result["recorded_seq"] == 30
+    assert "doc0012" in caplog.text and error in caplog.text
+    again = replicate(LocalPeer(source), RefusingTarget(target, "doc0012", error))
+    assert again["start_last_seq"] == 30 and again["docs_read"] == 0
+    with pytest.raises(errors.NotFound):
+        target.get("doc0012")
+
+
+def test_a_refused_document_does_not_hide_a_later_failure(stores):
+    """Skipping a refused document never lets the checkpoint pass another failure."""
+
+    class TwoFailures(RefusingTarget):
+        def bulk_docs(self, docs, *, new_edits=False):
+            failures = super().bulk_docs(
+                [d for d in docs if d["_id"] != "doc0020"], new_edits=new_edits)
+            return failures + [{"id": "doc0020", "error": "unknown_error", "reason": "disk"}
+                               for d in docs if d["_id"] == "doc0020"]
+
+    source, target = stores("a"), stores("b")
+    fill(source, 30)
+    result = replicate(LocalPeer(source), TwoFailures(target, "doc0005"), batch_size=10)
+    assert result["doc_write_failures"] == 2
+    assert result["recorded_seq"] == 20  # doc0020 has seq 21
 
 
 def test_an_unreachable_target_aborts_without_checkpoint(stores):
@@ -329,13 +364,14 @@ def test_tongban_node_both_ways(stores, node):
     local = stores("a")
     revs = fill(local, 30)
     remote = HttpPeer(node.db_url, auth=node.auth)
+    own_docs = remote.info()["doc_count"]  # what init wrote (the node's registry entry)
     pushed = replicate(LocalPeer(local), remote, batch_size=8)
     assert pushed["docs_written"] == 30
     session = node.session()
     session.put(f"{node.db_url}/from-node", json={"v": 1}).raise_for_status()
     local.put({"_id": "doc0001", "_rev": revs["doc0001"], "_deleted": True})
     pulled = replicate(remote, LocalPeer(local))
-    assert pulled["docs_written"] == 1
+    assert pulled["docs_written"] == 1 + own_docs
     again = replicate(LocalPeer(local), remote)
     assert again["docs_written"] == 1
     assert session.get(f"{node.db_url}/doc0001").status_code == 404

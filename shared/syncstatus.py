@@ -1,0 +1,401 @@
+"""Sync status of a node: what ``syncd`` reports and ``serve`` and the CLI show.
+
+Two things live here, both on the node's own SQLite store:
+
+* the ``sync_link`` table, one row per link (``parent`` or ``upstream``), written by
+  syncd after every round and read by the status page and ``tongban sync status``
+  (two processes, one file: the table is the only channel between them);
+* ``status:<code>`` documents (``"type": "node_status"``): each node's syncd writes its
+  own, at most once a minute and only when something changed (or every ten minutes as a
+  sign of life); they replicate up, so a township and the county see how every node
+  below them syncs.
+
+Times are unix seconds in the table and ISO 8601 UTC strings in documents. Plain words
+for people are Chinese; states and error kinds are English identifiers.
+
+This module must not import ``syncd``: serve reads what syncd writes.
+"""
+
+import datetime
+import json
+import logging
+import time
+
+logger = logging.getLogger(__name__)
+
+STATES = ("starting", "up", "backing_off", "refused", "stopped")
+STATE_LABELS = {
+    "starting": "正在连接",
+    "up": "在线",
+    "backing_off": "离线，等待重试",
+    "refused": "被拒绝",
+    "stopped": "同步已停止",
+}
+PEER_LABELS = {"parent": "上级节点", "upstream": "区域数据中心"}
+#: Plain words for each kind of failure (``{peer}`` names the other side).
+ERROR_MESSAGES = {
+    "unreachable": "{peer}无法连接",
+    "timeout": "{peer}响应超时",
+    "refused": "{peer}拒绝了本节点的请求（未登记或已吊销）",
+    "clock_skew": "时钟偏差过大：本机时间与{peer}相差超过 5 分钟",
+    "server_error": "{peer}内部出错",
+    "bad_answer": "{peer}的回答无法识别（地址可能有误）",
+    "local": "本地数据库出错",
+    "internal": "同步程序内部错误",
+    "doc_failures": "有文档被{peer}拒绝，未能同步",
+}
+#: syncd touches its rows at least this often (seconds) while it runs.
+HEARTBEAT = 30.0
+#: A row older than this means syncd is not running (or hangs).
+STALE_AFTER = 4 * HEARTBEAT
+
+STATUS_DOC_PREFIX = "status:"
+#: A node writes its status document at most this often (seconds)...
+STATUS_DOC_MIN_INTERVAL = 60.0
+#: ...and at least this often, changed or not, so that its last contact shows.
+STATUS_DOC_MAX_INTERVAL = 600.0
+#: Members of a status document whose change is worth a new revision.
+STATUS_DOC_CHANGES = ("state", "pending_push", "pending_pull", "error_kind")
+
+COLUMNS = ("link", "peer", "state", "last_success", "last_pull", "last_push",
+           "last_attempt", "error_kind", "error", "failures", "doc_failures",
+           "pending_push", "pending_pull", "next_retry", "updated")
+
+TABLE = """CREATE TABLE IF NOT EXISTS sync_link (
+    link TEXT PRIMARY KEY,
+    peer TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_success REAL,
+    last_pull REAL,
+    last_push REAL,
+    last_attempt REAL,
+    error_kind TEXT,
+    error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    doc_failures INTEGER NOT NULL DEFAULT 0,
+    pending_push INTEGER,
+    pending_pull INTEGER,
+    next_retry REAL,
+    updated REAL NOT NULL
+)"""
+
+
+class LinkStatusTable:
+    """The ``sync_link`` table of one store.
+
+    :param db: the store's peewee database (``Store.db``).
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def ensure(self):
+        """Create the table when it does not exist."""
+        self.db.execute_sql(TABLE)
+
+    def save(self, row):
+        """Insert or replace one link's row (a dict with the keys of ``COLUMNS``)."""
+        values = [row.get(column) for column in COLUMNS]
+        marks = ",".join("?" * len(COLUMNS))
+        with self.db.atomic():
+            self.db.execute_sql(
+                f"INSERT OR REPLACE INTO sync_link ({','.join(COLUMNS)}) VALUES ({marks})",
+                values)
+
+    def touch(self, links, now):
+        """Mark ``links`` as looked after by a running syncd at ``now``."""
+        with self.db.atomic():
+            self.db.execute_sql(
+                "UPDATE sync_link SET updated = ? WHERE link IN "
+                "(SELECT value FROM json_each(?))",
+                (now, _json_list(links)))
+
+    def remove_except(self, links):
+        """Forget rows of links that are no longer configured."""
+        with self.db.atomic():
+            self.db.execute_sql(
+                "DELETE FROM sync_link WHERE link NOT IN (SELECT value FROM json_each(?))",
+                (_json_list(links),))
+
+    def get(self, link):
+        """One link's row as a dict, or None."""
+        return next((row for row in self.all() if row["link"] == link), None)
+
+    def all(self):
+        """Every link's row as a dict, parent first; empty when syncd never ran."""
+        try:
+            cursor = self.db.execute_sql(
+                f"SELECT {','.join(COLUMNS)} FROM sync_link ORDER BY link != 'parent', link")
+        except Exception as exc:  # peewee wraps sqlite3.OperationalError
+            if "no such table" in str(exc):
+                return []
+            raise
+        return [dict(zip(COLUMNS, values)) for values in cursor.fetchall()]
+
+
+def _json_list(values):
+    return json.dumps(list(values))
+
+
+# -- plain words ------------------------------------------------------------------------
+
+def describe_error(kind, link="parent"):
+    """The Chinese sentence for an error ``kind`` on ``link`` (empty for no error)."""
+    if not kind:
+        return ""
+    template = ERROR_MESSAGES.get(kind, ERROR_MESSAGES["internal"])
+    return template.format(peer=PEER_LABELS.get(link, "对端节点"))
+
+
+def format_time(ts):
+    """Local wall-clock time of unix seconds ``ts`` (``-`` when None)."""
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds):
+    """A duration in Chinese words, coarse: 12 秒, 5 分钟, 3 小时, 2 天."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} 秒"
+    if seconds < 3600:
+        return f"{seconds // 60} 分钟"
+    if seconds < 86400:
+        return f"{seconds // 3600} 小时"
+    return f"{seconds // 86400} 天"
+
+
+def ago(ts, now):
+    """``5 分钟前`` for a time ``ts`` before ``now`` (``从未`` when None)."""
+    if ts is None:
+        return "从未"
+    return f"{format_duration(now - ts)}前"
+
+
+def link_view(row, now=None):
+    """One link's row with what a person needs to read it (Chinese words added).
+
+    :returns: the row plus ``peer_label``, ``state_label``, ``message``, ``offline``,
+        ``stale`` (syncd is not running) and formatted times.
+    """
+    now = time.time() if now is None else now
+    view = dict(row)
+    stale = row["state"] != "stopped" and now - (row.get("updated") or 0) > STALE_AFTER
+    view["stale"] = stale
+    view["offline"] = row["state"] in ("backing_off", "refused") or stale \
+        or row["state"] == "stopped"
+    view["peer_label"] = PEER_LABELS.get(row["link"], row["link"])
+    view["state_label"] = "同步程序未运行" if stale else STATE_LABELS.get(
+        row["state"], row["state"])
+    view["message"] = describe_error(row.get("error_kind"), row["link"])
+    success = row.get("last_success")
+    view["last_success_text"] = (f"{format_time(success)}（{ago(success, now)}）"
+                                 if success else "从未成功")
+    view["last_attempt_text"] = format_time(row.get("last_attempt"))
+    retry = row.get("next_retry")
+    view["next_retry_text"] = (f"{format_time(retry)}（{format_duration(retry - now)}后）"
+                               if retry and retry > now else "-")
+    return view
+
+
+def overall(views):
+    """What the page's banner says: offline or not, and how much is waiting."""
+    pending_push = sum(v.get("pending_push") or 0 for v in views)
+    pulls = [v.get("pending_pull") for v in views]
+    down = [v for v in views if v["offline"]]
+    return {
+        "offline": bool(down),
+        "reason": (down[0]["message"] or down[0]["state_label"]) if down else "",
+        # syncd is not running: hung or killed (stale), or stopped cleanly.
+        "not_running": any(v["stale"] or v["state"] == "stopped" for v in views),
+        "starting": any(v["state"] == "starting" and not v["stale"] for v in views),
+        "stale": any(v["stale"] for v in views),
+        "pending_push": pending_push,
+        "pending_pull": None if any(p is None for p in pulls) else sum(pulls),
+    }
+
+
+# -- node status documents --------------------------------------------------------------
+
+def iso(ts):
+    """Unix seconds as ``2026-11-22T10:00:00Z`` (None stays None)."""
+    if ts is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text):
+    """The inverse of :func:`iso` (None for anything unreadable)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def status_doc_id(code):
+    """The id of node ``code``'s status document."""
+    return f"{STATUS_DOC_PREFIX}{code}"
+
+
+def build_status_doc(code, tier, row, reported_at):
+    """Node ``code``'s status document from its main link's row.
+
+    :param reported_at: unix seconds, corrected by the clock offset to the parent when
+        one is known (a village clock a day off would otherwise look a day stale).
+    """
+    return {
+        "_id": status_doc_id(code),
+        "type": "node_status",
+        "code": code,
+        "tier": tier,
+        "reported_at": iso(reported_at),
+        "state": row["state"],
+        "error_kind": row.get("error_kind"),
+        "last_success": iso(row.get("last_success")),
+        "last_pull": iso(row.get("last_pull")),
+        "last_push": iso(row.get("last_push")),
+        "pending_push": row.get("pending_push"),
+        "pending_pull": row.get("pending_pull"),
+    }
+
+
+def status_doc_due(old, new, now):
+    """True when ``new`` should replace the stored ``old`` status document at ``now``."""
+    if old is None:
+        return True
+    since = now - (parse_iso(old.get("reported_at")) or 0)
+    if since >= STATUS_DOC_MAX_INTERVAL:
+        return True
+    changed = any(old.get(key) != new.get(key) for key in STATUS_DOC_CHANGES)
+    return changed and since >= STATUS_DOC_MIN_INTERVAL
+
+
+def _registry_rows(db):
+    """Rows of the ``node_registry`` projection when this node has one, else []."""
+    columns = [row[1] for row in db.execute_sql("PRAGMA table_info(node_registry)").fetchall()]
+    if "code" not in columns:
+        return []
+    wanted = [c for c in ("code", "tier", "name", "parent", "status") if c in columns]
+    cursor = db.execute_sql(f"SELECT {','.join(wanted)} FROM node_registry ORDER BY code")
+    return [dict(zip(wanted, values)) for values in cursor.fetchall()]
+
+
+def _is_below(code, ancestor, nodes):
+    """True when ``ancestor`` is above ``code``: by the registry's ``parent`` links, or by
+    the division code for a node the registry does not hold (docs/sync.md, "Scopes")."""
+    if not ancestor or code == ancestor:
+        return False
+    if "parent" not in nodes.get(code, {}):
+        return code.startswith(ancestor)
+    seen, current = set(), code
+    while current in nodes and current not in seen:
+        seen.add(current)
+        current = nodes[current].get("parent")
+        if current == ancestor:
+            return True
+    return False
+
+
+def node_overview(store, own_code, now=None):
+    """Every node below ``own_code`` with its last contact and lag, in code order.
+
+    Nodes come from the ``node_registry`` table when it exists, otherwise from the status
+    documents this node holds; a registered node that never reported is listed too.
+    """
+    now = time.time() if now is None else now
+    _, rows = store.all_docs(startkey=STATUS_DOC_PREFIX, endkey=STATUS_DOC_PREFIX + "\ufff0",
+                             include_docs=True)
+    reports = {row["doc"].get("code"): row["doc"] for row in rows
+               if row.get("doc") and row["doc"].get("type") == "node_status"}
+    nodes = {r["code"]: dict(r) for r in _registry_rows(store.db)}
+    for code, doc in reports.items():
+        nodes.setdefault(code, {"code": code, "tier": doc.get("tier")})
+    result = []
+    for code in sorted(c for c in nodes if isinstance(c, str)):
+        if not _is_below(code, own_code, nodes):
+            continue
+        node = nodes[code]
+        doc = reports.get(code)
+        entry = {"code": code, "tier": node.get("tier"), "name": node.get("name") or "",
+                 "registry_status": node.get("status"), "reported": doc is not None}
+        if doc is not None:
+            reported_at = parse_iso(doc.get("reported_at"))
+            last_success = parse_iso(doc.get("last_success"))
+            entry.update({
+                "state": doc.get("state"),
+                "state_label": STATE_LABELS.get(doc.get("state"), doc.get("state") or "-"),
+                "message": describe_error(doc.get("error_kind")),
+                "reported_at": reported_at,
+                "last_contact_text": f"{format_time(reported_at)}（{ago(reported_at, now)}）"
+                if reported_at else "-",
+                "last_success": last_success,
+                "lag": None if last_success is None else max(0.0, now - last_success),
+                "lag_text": "从未同步" if last_success is None
+                else format_duration(now - last_success),
+                "pending_push": doc.get("pending_push"),
+                "pending_pull": doc.get("pending_pull"),
+            })
+        else:
+            entry.update({"state": None, "state_label": "从未报告", "message": "",
+                          "last_contact_text": "从未", "lag_text": "-", "lag": None,
+                          "pending_push": None, "pending_pull": None})
+        if node.get("status") == "revoked":
+            entry["state_label"] = "已吊销"
+        result.append(entry)
+    return result
+
+
+# -- the report the page and the CLI show ------------------------------------------------
+
+def status_report(store, config, now=None):
+    """Links, the banner's summary and the nodes below this one, for page and CLI."""
+    now = time.time() if now is None else now
+    links = [link_view(row, now) for row in LinkStatusTable(store.db).all()]
+    return {
+        "code": config.get("NODE_CODE"),
+        "tier": config.get("TIER"),
+        "has_parent": bool(config.get("PARENT_URL") or config.get("UPSTREAM_URL")),
+        "now": now,
+        "links": links,
+        "summary": overall(links),
+        "nodes": node_overview(store, config.get("NODE_CODE"), now),
+    }
+
+
+def format_text(report):
+    """``tongban sync status`` as lines of text."""
+    lines = []
+    if not report["links"]:
+        lines.append("no sync links have run yet"
+                     if report["has_parent"] else "no links: this node has no parent or upstream")
+    for view in report["links"]:
+        state = "not running" if view["stale"] else view["state"]
+        lines += [
+            f"{view['link']:9} {view['peer']}",
+            f"  state          {state} ({view['state_label']})",
+            f"  last success   {view['last_success_text']}",
+            f"  last attempt   {view['last_attempt_text']}",
+            f"  waiting        push {_count(view.get('pending_push'))}, "
+            f"pull {_count(view.get('pending_pull'))}",
+        ]
+        if view["message"]:
+            lines.append(f"  last error     {view['message']}: {view.get('error') or ''}")
+        if view["next_retry_text"] != "-":
+            lines.append(f"  next retry     {view['next_retry_text']}")
+    if report["nodes"]:
+        lines.append("nodes below:")
+        for node in report["nodes"]:
+            lines.append(
+                f"  {node['code']:12} {node['state'] or 'never reported':12} "
+                f"last contact {node['last_contact_text']}, lag {node['lag_text']}, "
+                f"waiting push {_count(node['pending_push'])} pull {_count(node['pending_pull'])}")
+    return "\n".join(lines)
+
+
+def _count(value):
+    return "?" if value is None else str(value)
