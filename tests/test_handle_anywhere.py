@@ -1,0 +1,165 @@
+"""Handle anywhere, with real processes: an enrolled region whose nodes each run serve and
+syncd. A citizen whose case was accepted at one village asks at a village of another
+township; the case is found at the county and replicates to the asking station.
+"""
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from shared import casedocs, identity
+from shared.app import create_app
+from shared.demo import TONGBAN
+from shared.hlc import NodeClock
+from tests import nodeproc
+
+COUNTY, T1, T2 = "441521", "441521101", "441521102"
+V1, V2, V3 = "441521101001", "441521102001", "441521101002"
+CITIZEN = "44152119800101123X"
+STRANGER = "441521199001011234"
+
+
+def eventually(predicate, what, timeout=30.0):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.2)
+
+
+def start_syncd(node_dir):
+    """``tongban syncd`` on a node directory, in its own process."""
+    log_path = node_dir / "syncd.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([*TONGBAN, "-v", "syncd", str(node_dir)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    return nodeproc.Proc(process, None, log_path)
+
+
+def set_config(node_dir, **settings):
+    path = node_dir / "tongban.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(settings)
+    path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+
+
+class Region:
+    """County, two townships, three villages: every node enrolled, serving and syncing."""
+
+    def __init__(self, base):
+        self.procs = []
+        self.dirs = {}
+        self.nodes = {}
+        county = nodeproc.start_node(base / COUNTY, tier="county", code=COUNTY, name="海丰县")
+        self._add(COUNTY, county)
+        for code, parent in ((T1, COUNTY), (T2, COUNTY), (V1, T1), (V2, T2), (V3, T1)):
+            tier = "township" if len(code) == 9 else "village"
+            node_dir = nodeproc.enrol_node(self.dirs[COUNTY], self.nodes[parent].url,
+                                           base / code, tier, code)
+            # Rounds every 5 minutes: only the longpoll and write triggers move things.
+            set_config(node_dir, SYNC_INTERVAL=300, SYNC_MAX_BACKOFF=2)
+            self._add(code, nodeproc.start_node(node_dir, create=False))
+        for code in (T1, T2, V1, V2, V3):
+            self.procs.append(start_syncd(self.dirs[code]))
+
+    def _add(self, code, node):
+        self.nodes[code] = node
+        self.dirs[code] = node.node_dir
+        self.procs.append(node)
+
+    def has(self, code, doc_id):
+        response = self.nodes[code].session().get(f"{self.nodes[code].db_url}/{doc_id}",
+                                                  timeout=5)
+        return response.status_code == 200
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    region = Region(tmp_path_factory.mktemp("anywhere"))
+    yield region
+    region.stop()
+
+
+def accept_case(node_dir, id_number, item="item:demo-001", seq=1):
+    """Accept a case at a station (header and ``accepted`` event), in-process on its store."""
+    app = create_app(node_dir=node_dir)
+    store = app.extensions["store"]
+    try:
+        code = app.config["NODE_CODE"]
+        region_key = identity.load_secrets(node_dir)["region_key"]
+        clock = NodeClock(store)
+        stamp = clock.now()
+        number = casedocs.case_number(code, casedocs.day_of(stamp), seq)
+        header = casedocs.case_header(number, item, code, code[:9],
+                                      identity.person_key(region_key, id_number), stamp)
+        event = casedocs.case_event(number, "accepted", code, clock.now())
+        store.bulk_docs([header, event])
+        return number, event["_id"]
+    finally:
+        store.close()
+
+
+def lookup(node_dir, id_number):
+    result = nodeproc.tongban("lookup", node_dir, id_number, "--json")
+    return json.loads(result.stdout)
+
+
+def test_a_case_accepted_in_one_township_is_found_and_handled_in_another(region):
+    number, event_id = accept_case(region.dirs[V1], CITIZEN)
+    eventually(lambda: region.has(COUNTY, f"case:{number}"), "the case reaches the county")
+    assert not region.has(V2, f"case:{number}")  # not a participant yet
+
+    answer = lookup(region.dirs[V2], CITIZEN)
+    assert answer["complete"] is True and answer["answered_by"] == COUNTY
+    assert [case["number"] for case in answer["cases"]] == [number]
+    assert answer["cases"][0]["origin"] == V1
+
+    # the asking station became a participant: the case and its events come down to it
+    # (and to its township), without waiting for a scheduled round
+    for code in (V2, T2):
+        eventually(lambda: region.has(code, f"case:{number}") and region.has(code, event_id),
+                   f"the case reaches {code}")
+    # a village that takes no part still cannot see it
+    time.sleep(1.0)
+    assert not region.has(V3, f"case:{number}")
+    # asking again writes no second join
+    again = lookup(region.dirs[V2], CITIZEN)
+    assert [case["number"] for case in again["cases"]] == [number]
+    joins = region.nodes[COUNTY].session().get(
+        f"{region.nodes[COUNTY].db_url}/_all_docs",
+        params={"startkey": json.dumps(f"event:{number}:"),
+                "endkey": json.dumps(f"event:{number}:\ufff0"), "include_docs": "true"}).json()
+    kinds = [row["doc"]["kind"] for row in joins["rows"]]
+    assert kinds.count("joined") == 1 and "accepted" in kinds
+
+
+def test_nobody_found_is_a_complete_empty_answer(region):
+    answer = lookup(region.dirs[V3], STRANGER)
+    assert answer == {"cases": [], "answered_by": COUNTY, "complete": True, "message": ""}
+
+
+def test_offline_the_clerk_is_told_plainly_and_nothing_blocks(region):
+    number, _ = accept_case(region.dirs[V2], STRANGER, seq=7)
+    town = region.nodes[T2]
+    port = int(town.url.rsplit(":", 1)[1])
+    town.stop()
+    try:
+        # tongban() gives up after 120 s: a lookup hanging on the dead link fails here
+        result = nodeproc.tongban("lookup", region.dirs[V2], STRANGER)
+        assert "连接中断" in result.stdout and number in result.stdout
+        answer = lookup(region.dirs[V2], STRANGER)
+        assert answer["complete"] is False and answer["answered_by"] == V2
+        assert [case["number"] for case in answer["cases"]] == [number]
+    finally:
+        restarted = nodeproc.start_node(town.node_dir, create=False, port=port)
+        region.nodes[T2] = restarted
+        region.procs.append(restarted)
