@@ -5,6 +5,7 @@ scenario of tests/peers/pouch.js on a memory PouchDB, and checks what a user wou
 both sides: the documents, their bodies and their revisions.
 """
 
+import datetime
 import json
 import queue
 import subprocess
@@ -589,3 +590,38 @@ def test_wrong_credentials_are_refused(node, http, tmp_path):
     ], remote=bad)
     assert named["push"]["error"].get("status") == 401, named["push"]
     assert node_docs(http, node) == {}
+
+
+def test_a_scoped_account_gives_pouchdb_exactly_its_station_s_scope(node, http, tmp_path):
+    """A village tablet's PouchDB, through an account scoped to that village, pulls the
+    catalog and its own cases only, and cannot push what the village may not write."""
+    from shared import casedocs
+    from tests.nodeproc import tongban
+
+    own, other = "441521101001", "441521101002"
+    stamp = "001795000000000-00000"
+    docs = [{"_id": "item:demo-001", "type": "item", "title": "高龄津贴申领"}]
+    for village, seq in ((own, 1), (other, 2)):
+        number = casedocs.case_number(village, datetime.date(2026, 11, 22), seq)
+        docs.append(casedocs.case_header(number, "item:demo-001", village, "441521101",
+                                         f"{seq:064x}", stamp))
+        docs.append(casedocs.case_event(number, "accepted", village, stamp))
+    node_bulk(http, node, docs)
+    tongban("user", "add", node.node_dir, "tablet", "--role", "replicator", "--scope", own,
+            input_text="tablet-secret-1\n")
+    host = node.url.split("://", 1)[1]
+    own_number = casedocs.case_number(own, datetime.date(2026, 11, 22), 1)
+    named = pouch(node, tmp_path, [
+        {"op": "replicate", "direction": "pull", "name": "pull"},
+        {"op": "docs", "name": "local"},
+        {"op": "bulk", "db": "local", "docs": [
+            casedocs.case_event(own_number, "supplemented", own, "001795000000001-00000"),
+            {"_id": "item:forged", "type": "item", "title": "伪造事项"}]},
+        {"op": "replicate", "direction": "push", "name": "push"},
+    ], remote=f"http://tablet:tablet-secret-1@{host}/db")
+    assert set(named["local"]) == {"item:demo-001", f"case:{own_number}",
+                                   f"event:{own_number}:{stamp}:{own}"}
+    assert named["push"]["docs_written"] == 1 and named["push"]["doc_write_failures"] == 1
+    held = node_docs(http, node)
+    assert f"event:{own_number}:001795000000001-00000:{own}" in held
+    assert "item:forged" not in held
