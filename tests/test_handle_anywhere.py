@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from shared import casedocs, identity
 from shared.app import create_app
@@ -163,3 +164,35 @@ def test_offline_the_clerk_is_told_plainly_and_nothing_blocks(region):
         restarted = nodeproc.start_node(town.node_dir, create=False, port=port)
         region.nodes[T2] = restarted
         region.procs.append(restarted)
+
+
+def test_the_county_sees_every_node_s_last_contact_and_lag(region):
+    def every_node_reported():
+        result = nodeproc.tongban("sync", "status", region.dirs[COUNTY], "--json")
+        nodes = {n["code"]: n for n in json.loads(result.stdout)["nodes"]}
+        return nodes if all(nodes.get(c, {}).get("reported") for c in (T1, T2, V1, V2, V3)) \
+            else None
+    nodes = eventually(every_node_reported, "every node's status reaches the county")
+    for code in (T1, V1, V3):  # T2 was restarted by the offline test; its lag may be any
+        assert nodes[code]["state"] == "up" and nodes[code]["lag"] is not None
+    page = requests.get(region.nodes[COUNTY].url + "/sync/status", timeout=10).text
+    assert "下级节点同步情况" in page and all(f'id="node-{c}"' in page for c in (V1, V2, V3))
+
+
+def test_a_revoked_village_is_refused_once_the_registry_reaches_its_township(region):
+    nodeproc.tongban("revoke", region.dirs[COUNTY], V3)
+    # the revocation travels county -> township by replication; then V3's own requests
+    # are refused there and its status says so
+    def refused():
+        result = nodeproc.tongban("sync", "status", region.dirs[V3], "--json")
+        links = {link["link"]: link for link in json.loads(result.stdout)["links"]}
+        return links.get("parent", {}).get("state") == "refused"
+    def township_knows():
+        doc = region.nodes[T1].session().get(f"{region.nodes[T1].db_url}/node:{V3}",
+                                             timeout=5).json()
+        return doc.get("status") == "revoked"
+    eventually(township_knows, "the revocation reaches the township")
+    number, _ = accept_case(region.dirs[V3], CITIZEN, seq=9)
+    eventually(refused, "the revoked village's link is refused", timeout=60)
+    time.sleep(1.0)
+    assert not region.has(T1, f"case:{number}")
