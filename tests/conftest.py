@@ -7,6 +7,7 @@ import pytest
 
 from shared.app import create_app
 from shared.models import Account, hash_password
+from shared.store.store import Store
 
 REPLICATOR = ("replicator", "sync-secret-123")
 
@@ -61,3 +62,18 @@ def auth_headers():
 def store(app):
     """The node's store."""
     return app.extensions["store"]
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """A factory of stores on real SQLite files, closed at teardown."""
+    made = []
+
+    def make(name):
+        store = Store(tmp_path / f"{name}.sqlite")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()

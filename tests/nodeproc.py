@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -203,3 +202,63 @@ def run_node_script(script, *args, timeout=300, env=None):
 def _stop_all():
     for proc in list(_RUNNING):
         proc.stop(kill=True)
+
+
+def eventually(predicate, what, timeout=30.0, interval=0.1):
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``.
+
+    A bound on waiting, not a timing assertion: it only turns a hang into a failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(interval)
+
+
+def update_config(node_dir, **settings):
+    """Set members of a node directory's ``tongban.json`` (sync settings, PARENT_URL)."""
+    path = Path(node_dir) / "tongban.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(settings)
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return config
+
+
+def start_serve(node_dir, *, port=None, env=None):
+    """``tongban serve`` on an existing node directory, with ``env`` added to its
+    environment (``TONGBAN_CLOCK_SKEW_SECONDS``: a station whose clock is off)."""
+    node_dir = Path(node_dir)
+    port = port or free_port()
+    log_path = node_dir / f"serve-{port}.log"
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [*TONGBAN, "-v", "serve", str(node_dir), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    node = Node(process, url, node_dir, log_path)
+    try:
+        wait_for_http(url + "/", process)
+    except RuntimeError:
+        node.stop()
+        raise RuntimeError(f"node did not start:\n{node.log()}") from None
+    return node
+
+
+def start_syncd(node_dir, *, env=None, verbose=1):
+    """``tongban syncd`` on a node directory in its own process (log in ``syncd.log``).
+
+    :param env: added to the environment (a skewed clock).
+    :param verbose: how many ``-v``: 1 logs each replication's start and end.
+    """
+    node_dir = Path(node_dir)
+    log_path = node_dir / "syncd.log"
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [*TONGBAN, "syncd", str(node_dir), *(["-v"] * verbose)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    log.close()
+    return Proc(process, None, log_path)

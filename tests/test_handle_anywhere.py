@@ -15,22 +15,12 @@ from shared.app import create_app
 from shared.demo import TONGBAN
 from shared.hlc import NodeClock
 from tests import nodeproc
+from tests.nodeproc import eventually
 
 COUNTY, T1, T2 = "441521", "441521101", "441521102"
 V1, V2, V3 = "441521101001", "441521102001", "441521101002"
 CITIZEN = "44152119800101123X"
 STRANGER = "441521199001011234"
-
-
-def eventually(predicate, what, timeout=30.0):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.2)
 
 
 def start_syncd(node_dir):

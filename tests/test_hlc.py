@@ -45,21 +45,6 @@ def shifted(seconds):
     return lambda: time.time() + seconds
 
 
-@pytest.fixture
-def stores(tmp_path):
-    """A factory of stores on real SQLite files, closed at teardown."""
-    made = []
-
-    def make(name):
-        store = Store(tmp_path / f"{name}.sqlite")
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
 # -- the clock ----------------------------------------------------------------------------
 
 

@@ -9,26 +9,10 @@ import pytest
 import requests
 
 from shared import errors
-from shared.store.store import Store
 from syncd.peers import HttpPeer, LocalPeer, peer_from_string
 from syncd.replicator import (HISTORY_LIMIT, build_checkpoint, compare_replication_logs,
                               replicate, replication_id)
 from tests import nodeproc
-
-
-@pytest.fixture
-def stores(tmp_path):
-    """A factory of stores on real SQLite files, closed at teardown."""
-    made = []
-
-    def make(name):
-        store = Store(tmp_path / f"{name}.sqlite")
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
 
 
 def fill(store, count, prefix="doc", start=0):

@@ -20,19 +20,9 @@ from syncd.daemon import Backoff, SyncDaemon, classify, parent_db_url
 from syncd.peers import HttpPeer, LocalPeer
 from syncd.replicator import replication_id
 from tests import nodeproc
+from tests.nodeproc import eventually
 
 VILLAGE, TOWNSHIP = "441521100201", "441521100"
-
-
-def eventually(predicate, what, timeout=20.0):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
 
 
 # -- back-off and failure kinds ------------------------------------------------------------
