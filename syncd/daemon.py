@@ -48,6 +48,9 @@ DEFAULTS = {
 }
 
 
+#: A first sync larger than this many documents is logged as a warning.
+LARGE_SCOPE = 100_000
+
 #: Status members a restarted daemon takes over from the previous run's row.
 CARRIED_OVER = ("last_success", "last_pull", "last_push", "last_attempt", "error_kind",
                 "error")
@@ -324,9 +327,26 @@ class SyncDaemon:
 
     def _pull(self, link):
         seen = []
+        initial = None
+        if link.pull_seq is None:
+            # First sync: say how much this node's scope holds before it starts, and
+            # warn when it is large (a village PC on a slow link may need hours).
+            initial = link.remote.pending(0)
+            if initial is not None:
+                log = logger.warning if initial > LARGE_SCOPE else logger.info
+                log("initial sync over %s: %d documents in this node's scope", link.name,
+                    initial)
+                link.row["pending_pull"] = initial
+
+        def progress(stats):
+            seen.append(stats["last_seq"])
+            if initial:
+                logger.info("initial sync over %s: %d of ~%d documents", link.name,
+                            stats["docs_read"], initial)
+
         entry = replicate(link.remote, self.local, stop=self.stop_event,
                           batch_size=int(self.options["SYNC_BATCH_SIZE"]),
-                          on_progress=lambda stats: seen.append(stats["last_seq"]))
+                          on_progress=progress)
         link.pull_seq = entry["recorded_seq"]
         link.pull_seen = seen[-1] if seen else entry["recorded_seq"]
         previous = link.last_entries.get("pull")

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import json
 import random
+import re
 import subprocess
 import threading
 import time
@@ -270,14 +271,18 @@ def township(tmp_path_factory):
     node.stop()
 
 
-def test_run_once_pulls_and_pushes_and_reports_up(tmp_path, township):
+def test_run_once_pulls_and_pushes_and_reports_up(tmp_path, township, caplog):
     session = township.session()
     session.put(f"{township.db_url}/memo:unit-1", json={"type": "memo"}).raise_for_status()
     app = village_app(tmp_path, township.authed_db_url)
     store = app.extensions["store"]
     store.put({"_id": "memo:unit-2", "type": "memo"})
     daemon = SyncDaemon(app.config, store)
-    assert daemon.run_once(now=5000.0) == {"parent": True}
+    with caplog.at_level("INFO", logger="syncd.daemon"):
+        assert daemon.run_once(now=5000.0) == {"parent": True}
+    # the first sync says how large this node's scope is before it starts
+    assert re.search(r"initial sync over parent: \d+ documents in this node's scope",
+                     caplog.text)
     assert store.get("memo:unit-1")["type"] == "memo"
     assert session.get(f"{township.db_url}/memo:unit-2").status_code == 200
     row = LinkStatusTable(store.db).get("parent")
