@@ -374,11 +374,14 @@ def replicate(source, target, continuous, doc_ids, batch_size):
               help="Where the nodes' directories go (reused when it exists).")
 @click.option("--base-port", default=8600, show_default=True, type=click.IntRange(1024, 65000))
 @click.option("--exit-when-synced", is_flag=True,
-              help="Stop once the catalog has reached every node (for scripts and CI).")
+              help="Stop once the catalog and the county's revision of it have reached "
+                   "every node (for scripts and CI).")
 @click.option("--timeout", default=180.0, show_default=True,
-              help="Seconds to wait for the catalog to reach every node.")
+              help="Seconds to wait for the catalog (and then the revision) to reach every "
+                   "node.")
 def demo(base_dir, base_port, exit_when_synced, timeout):
-    """Run a sample region: 1 county, 2 townships, 4 villages, each its own process."""
+    """Run a sample region: 1 county, 2 townships, 4 villages, each enrolled through its
+    parent and running its own serve and syncd."""
     from shared.demo import run_demo
 
     try:

@@ -1,17 +1,27 @@
-"""``tongban demo``: a whole sample region on this machine.
+"""``tongban demo``: a whole sample region on this machine, set up and run the real way.
 
 One county (海丰县), two of its townships and two villages under each, from the real
-division codes in ``shared/data/region-haifeng.json``. Every node is its own
-``tongban serve`` process with its own port and directory; the county is seeded with
-the sample catalog (``shared/data/catalog-sample.json``) as ``"type": "item"``
-documents, and continuous replications (pull from the parent, push to it) carry the
-catalog down the tree until every village holds it.
+division codes in ``shared/data/region-haifeng.json``. The county is made with
+``tongban init`` (its key, the region key, its registry entry); every other node enrols
+with a one-time code from ``tongban enrol`` through its parent (a township relays its
+villages' enrolments to the county). Every node then runs ``tongban serve`` and
+``tongban syncd`` as separate processes; syncd signs its requests with the node's key.
+
+The county is seeded with the sample catalog (``shared/data/catalog-sample.json``). Once
+every node holds it, the demo revises one item at the county and shows the revision
+arriving at each node, then prints what ``tongban info`` says about each node's catalog.
+
+Each node also gets a full-scope replicator account, only so that the demo can read the
+nodes' ``/db`` for its progress display (passwords in ``demo-secrets.json``, mode 0600).
 """
 
+import concurrent.futures
+import datetime
 import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -34,11 +44,17 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 TONGBAN = [sys.executable, "-P", "-m", "shared.cli"]
 REPLICATOR_USER = "replicator"
 TOWNSHIPS, VILLAGES_PER_TOWNSHIP = 2, 2
+#: The item the demo revises at the county, and what the revision adds to its title.
+REVISED_ITEM = "item:GD-LS-01"
+REVISION_SUFFIX = "（2026年修订）"
+#: Seconds between two looks at the nodes while waiting.
+POLL_INTERVAL = 0.1
+INDENT = {"county": "", "township": "  ", "village": "    "}
 
 
 @dataclass
 class DemoNode:
-    """One node of the demo region."""
+    """One node of the demo region and its two processes."""
 
     tier: str
     code: str
@@ -47,7 +63,7 @@ class DemoNode:
     node_dir: Path
     parent: "DemoNode | None" = None
     password: str = ""
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    processes: dict = field(default_factory=dict, repr=False)  # "serve"/"syncd" → Popen
 
     @property
     def url(self):
@@ -58,6 +74,11 @@ class DemoNode:
     def auth(self):
         """Credentials of the node's replicator account."""
         return (REPLICATOR_USER, self.password)
+
+    @property
+    def label(self):
+        """``县级 441521 海丰县`` (for people)."""
+        return f"{cfg.TIER_NAMES[self.tier]} {self.code} {self.name}"
 
 
 def load_region():
@@ -95,7 +116,8 @@ def plan_region(base_dir, base_port):
     return nodes
 
 
-def _port_free(port):
+def port_free(port):
+    """True when nothing listens on 127.0.0.1:``port``."""
     with socket.socket() as sock:
         # The server binds with SO_REUSEADDR; probing the same way ignores TIME_WAIT
         # connections left by a previous run and still finds a live listener.
@@ -111,205 +133,240 @@ def _cli(*args, input_text=None):
     result = subprocess.run([*TONGBAN, *map(str, args)],
                             input=input_text, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(result.stderr.strip() or f"tongban {args[0]} failed")
+        raise RuntimeError(f"tongban {args[0]} failed: "
+                           f"{result.stderr.strip() or result.stdout.strip()}")
     return result
 
 
-def prepare_node(node, secrets_file):
-    """Create the node's directory and replicator account unless they exist."""
-    known = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
-    if (node.node_dir / cfg.CONFIG_FILE).exists() and node.code in known:
-        node.password = known[node.code]
+# -- setting up the nodes ------------------------------------------------------------------
+
+class Secrets:
+    """``demo-secrets.json``: the replicator password of every node (mode 0600)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.known = json.loads(path.read_text()) if path.exists() else {}
+
+    def add(self, code, password):
+        """Record a node's password (nodes are set up in parallel)."""
+        with self.lock:
+            self.known[code] = password
+            # Created 0600 from the start: the passwords are never world-readable.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(self.known, out, indent=2)
+            os.chmod(self.path, 0o600)
+
+
+def _read_config(node):
+    return json.loads((node.node_dir / cfg.CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def prepare_node(node, county, known):
+    """Make the node's directory the real way unless it exists; returns True when made.
+
+    The county: ``tongban init``. Any other node: ``tongban enrol`` at the county for a
+    one-time code, then ``tongban init --parent URL --enrol CODE`` (the parent serves).
+    """
+    if (node.node_dir / cfg.CONFIG_FILE).exists():
+        _reuse_node(node, county, known)
         return False
-    node.password = secrets.token_urlsafe(18)
-    args = ["init", node.node_dir, "--tier", node.tier, "--code", node.code, "--name", node.name]
-    if node.parent:
-        args += ["--parent", node.parent.url]
+    args = ["init", node.node_dir, "--tier", node.tier, "--code", node.code,
+            "--name", node.name]
+    if node.parent is not None:
+        enrol_code = _cli("enrol", county.node_dir, "--code", node.code,
+                          "--tier", node.tier).stdout.strip()
+        args += ["--parent", node.parent.url, "--enrol", enrol_code]
     _cli(*args)
-    _cli("user", "add", node.node_dir, REPLICATOR_USER, "--role", "replicator",
-         input_text=node.password + "\n")
-    known[node.code] = node.password
-    secrets_file.write_text(json.dumps(known, indent=2))
-    os.chmod(secrets_file, 0o600)
+    _add_account(node, known)
     return True
+
+
+def _reuse_node(node, county, known):
+    """Check an existing node directory fits this region; point it at its parent's URL."""
+    from shared.enrolment import update_config
+
+    settings = _read_config(node)
+    if node.parent is not None:
+        county_key = _read_config(county).get("COUNTY_PUBLIC_KEY")
+        if settings.get("COUNTY_PUBLIC_KEY") != county_key:
+            raise RuntimeError(
+                f"{node.node_dir} was not enrolled with this county's key (made by an older "
+                f"demo or for another county): remove {node.node_dir.parent} and run again")
+        if settings.get("PARENT_URL") != node.parent.url:  # another --base-port this time
+            update_config(node.node_dir, PARENT_URL=node.parent.url)
+    if node.code in known.known:
+        node.password = known.known[node.code]
+    else:  # an earlier run stopped between init and the account
+        _add_account(node, known)
+
+
+def _add_account(node, known):
+    password = secrets.token_urlsafe(18)
+    try:
+        _cli("user", "add", node.node_dir, REPLICATOR_USER, "--role", "replicator",
+             "--scope", "*", input_text=password + "\n")
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; demo-secrets.json has no password for it: remove "
+                           f"{node.node_dir} and run again") from None
+    node.password = password
+    known.add(node.code, password)
 
 
 def seed_catalog(county):
     """Write the sample catalog into the county's store (once; later runs keep edits)."""
     from shared.app import open_store
+    from shared.errors import NotFound
 
     store = open_store(cfg.load_config(county.node_dir))
     try:
-        docs = [doc for doc in catalog_documents() if not _exists(store, doc["_id"])]
-        if docs:
-            store.bulk_docs(docs)
-        return len(docs)
+        missing = []
+        for doc in catalog_documents():
+            try:
+                store.get(doc["_id"])
+            except NotFound:
+                missing.append(doc)
+        if missing:
+            store.bulk_docs(missing)
+        return len(missing)
     finally:
         store.close()
 
 
-def _exists(store, doc_id):
-    from shared.errors import NotFound
+# -- the processes -------------------------------------------------------------------------
 
-    try:
-        store.get(doc_id)
-        return True
-    except NotFound:
-        return False
+#: What a node's process runs first on Linux: it asks to be sent SIGTERM when the thread
+#: that started it ends (the demo's, even by kill -9), then becomes the real command (same
+#: pid), so no node outlives the demo.
+_LAUNCHER = """\
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the demo has gone")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
-def start_serving(node, log_dir):
-    """Start ``tongban serve`` for the node; its output goes to a log file."""
-    log = open(log_dir / f"{node.tier}-{node.code}.log", "ab")
-    node.process = subprocess.Popen(
-        [*TONGBAN, "-v", "serve", str(node.node_dir),
-         "--port", str(node.port)], stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+def start_processes(node, log_dir):
+    """Start ``tongban serve`` and ``tongban syncd`` for ``node``, logging to files.
+
+    Call it only from the thread that runs the demo: on Linux the processes end with the
+    thread that started them.
+    """
+    commands = {
+        "serve": [*TONGBAN, "-v", "serve", str(node.node_dir), "--port", str(node.port)],
+        "syncd": [*TONGBAN, "syncd", str(node.node_dir)],
+    }
+    for what, command in commands.items():
+        if sys.platform.startswith("linux"):
+            command = [sys.executable, "-S", "-P", "-c", _LAUNCHER, str(os.getpid()), *command]
+        log = open(log_dir / f"{node.tier}-{node.code}-{what}.log", "ab")
+        # A session of its own: Ctrl-C reaches only the demo, which stops syncd first.
+        node.processes[what] = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log.close()
 
 
-def wait_until_up(node, timeout=30.0):
+def check_alive(nodes):
+    """Raise RuntimeError naming the first node whose serve or syncd has exited."""
+    for node in nodes:
+        for what, process in node.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{node.label} 的 {what} 进程已退出 / {what} of "
+                                   f"{node.code} exited with {process.returncode}; "
+                                   f"see logs/{node.tier}-{node.code}-{what}.log")
+
+
+def wait_until_up(node, timeout=60.0):
     """Wait for the node's HTTP server; raise when its process dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if node.process.poll() is not None:
-            raise RuntimeError(f"{node.name} ({node.code}) exited; see its log")
+        check_alive([node])
         try:
             requests.get(node.url + "/", timeout=1, headers={"Accept": "application/json"})
             return
         except requests.RequestException:
-            time.sleep(0.2)
-    raise RuntimeError(f"{node.name} ({node.code}) did not start within {timeout:.0f} s")
+            time.sleep(POLL_INTERVAL)
+    raise RuntimeError(f"{node.label} did not start within {timeout:.0f} s")
 
 
-def node_status(node):
+def stop_processes(nodes):
+    """Stop every syncd (its current batch finishes), then every serve."""
+    for what in ("syncd", "serve"):
+        running = [n.processes[what] for n in nodes if what in n.processes]
+        for process in running:
+            if process.poll() is None:
+                process.terminate()
+        for process in running:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def bring_up_below(county, nodes, known, log_dir, echo):
+    """Set up (or reuse) and start every node under the serving county, each as soon as
+    its parent serves: a node enrols through its parent, a village waits for its own
+    township only. The set-up commands run in parallel; processes start in this thread.
+    """
+    created = {}
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(nodes) - 1)) as pool:
+        pending = {}
+
+        def prepare(parent):
+            for child in nodes:
+                if child.parent is parent:
+                    pending[pool.submit(prepare_node, child, county, known)] = (child, "made")
+
+        prepare(county)
+        while pending:
+            done, _ = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                node, step = pending.pop(future)
+                result = future.result()
+                if step == "made":
+                    created[node.code] = result
+                    start_processes(node, log_dir)
+                    pending[pool.submit(wait_until_up, node)] = (node, "up")
+                else:
+                    _show_setup(node, created[node.code], echo)
+                    prepare(node)
+
+
+# -- what the demo shows -------------------------------------------------------------------
+
+def node_status(node, session=requests):
     """``(doc_count, item_count)`` of a node read over HTTP, or None when it does not answer."""
     try:
-        response = requests.get(node.url + "/db/_all_docs", auth=node.auth, timeout=5,
-                                params={"startkey": '"item:"', "endkey": '"item:\ufff0"'})
+        response = session.get(node.url + "/db/_all_docs", auth=node.auth, timeout=5,
+                               params={"startkey": '"item:"', "endkey": '"item:\ufff0"'})
         response.raise_for_status()
         items = len(response.json()["rows"])
-        info = requests.get(node.url + "/db", auth=node.auth, timeout=5).json()
+        info = session.get(node.url + "/db", auth=node.auth, timeout=5).json()
         return info["doc_count"], items
     except (requests.RequestException, ValueError, KeyError):
         return None
 
 
-class Links:
-    """Continuous replications between every node and its parent (both directions)."""
-
-    def __init__(self, nodes):
-        from syncd.peers import HttpPeer
-
-        self.stop = threading.Event()
-        self.threads = []
-        for node in nodes:
-            if node.parent is None:
-                continue
-            child = HttpPeer(node.url + "/db", auth=node.auth)
-            parent = HttpPeer(node.parent.url + "/db", auth=node.parent.auth)
-            for source, target, label in ((parent, child, "pull"), (child, parent, "push")):
-                thread = threading.Thread(target=self._run, args=(source, target, node, label),
-                                          name=f"{label}-{node.code}", daemon=True)
-                self.threads.append(thread)
-
-    def _run(self, source, target, node, label):
-        from syncd.replicator import replicate
-
-        delay = 1.0
-        while not self.stop.is_set():
-            try:
-                replicate(source, target, continuous=True, stop=self.stop)
-            except Exception:  # the link survives any failure: retry with back-off
-                logger.warning("%s %s failed; retrying in %.0f s", label, node.code, delay,
-                               exc_info=logger.isEnabledFor(logging.DEBUG))
-                self.stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-
-    def start(self):
-        """Start every link."""
-        for thread in self.threads:
-            thread.start()
-
-    def close(self):
-        """Ask every link to stop and wait briefly for them."""
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=5)
-
-
-def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeout=120.0):
-    """Create (or reuse), start and connect the demo region; returns when stopped.
-
-    :param exit_when_synced: stop everything once every node holds the catalog
-        (used by tests and CI); otherwise run until Ctrl-C.
-    :returns: the final ``{code: (doc_count, item_count)}`` of every node.
-    """
-    base_dir = Path(base_dir).resolve()
-    base_dir.mkdir(parents=True, exist_ok=True)
-    nodes = plan_region(base_dir, base_port)
-    busy = [n.port for n in nodes if not _port_free(n.port)]
-    if busy:
-        raise RuntimeError(f"ports {busy} are in use: choose another --base-port")
-    secrets_file = base_dir / "demo-secrets.json"
-    log_dir = base_dir / "logs"
-    log_dir.mkdir(exist_ok=True)
-    echo(f"示范区域 / demo region in {base_dir}")
-    for node in nodes:
-        created = prepare_node(node, secrets_file)
-        echo(f"  {'created' if created else 'reused '} {node.tier:8} {node.code} {node.name}")
-    seeded = seed_catalog(nodes[0])
-    echo(f"  county catalog: {seeded} item(s) added, {len(catalog_documents())} in the sample")
-    links = None
-    try:
-        for node in nodes:
-            start_serving(node, log_dir)
-        for node in nodes:
-            wait_until_up(node)
-        links = Links(nodes)
-        links.start()
-        expected = len(catalog_documents())
-        status = _wait_for_catalog(nodes, expected, timeout, echo)
-        echo("")
-        for node in nodes:
-            docs, items = status.get(node.code) or ("?", "?")
-            indent = {"county": "", "township": "  ", "village": "    "}[node.tier]
-            echo(f"{indent}{node.url:24} {cfg.TIER_NAMES[node.tier]} {node.code} {node.name}"
-                 f" · 文档 {docs} · 事项 {items}/{expected}")
-        echo("")
-        if exit_when_synced:
-            return status
-        echo("按 Ctrl-C 停止 / press Ctrl-C to stop")
-        while all(node.process.poll() is None for node in nodes):
-            time.sleep(1)
-        dead = [n for n in nodes if n.process.poll() is not None]
-        raise RuntimeError(f"{dead[0].name} ({dead[0].code}) stopped unexpectedly; see "
-                           f"{log_dir}")
-    except KeyboardInterrupt:
-        echo("stopping …")
-        return {}
-    finally:
-        if links:
-            links.close()
-        for node in nodes:
-            if node.process and node.process.poll() is None:
-                node.process.terminate()
-        for node in nodes:
-            if node.process:
-                try:
-                    node.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-        echo("demo stopped")
-
-
-def _wait_for_catalog(nodes, expected, timeout, echo):
+def wait_for_catalog(nodes, expected, timeout, echo):
     """Poll every node until each holds ``expected`` items, showing progress."""
     deadline = time.monotonic() + timeout
     last_line = None
+    session = requests.Session()
     while True:
-        status = {node.code: node_status(node) for node in nodes}
+        check_alive(nodes)
+        status = {node.code: node_status(node, session) for node in nodes}
         synced = sum(1 for s in status.values() if s and s[1] >= expected)
-        line = f"  catalog reached {synced}/{len(nodes)} nodes"
+        line = f"  目录已到达 {synced}/{len(nodes)} 个节点 / catalog reached {synced}/" \
+               f"{len(nodes)} nodes"
         if line != last_line:
             echo(line)
             last_line = line
@@ -317,4 +374,154 @@ def _wait_for_catalog(nodes, expected, timeout, echo):
             return status
         if time.monotonic() > deadline:
             raise RuntimeError(f"the catalog did not reach every node within {timeout:.0f} s")
-        time.sleep(0.5)
+        time.sleep(POLL_INTERVAL * 3)
+
+
+def revise_item(county):
+    """Edit one catalog item at the county through its /db; returns the new document.
+
+    The title gets :data:`REVISION_SUFFIX` (once) and ``revised_at`` says when, so every
+    run makes a new revision that nodes visibly receive.
+    """
+    url = f"{county.url}/db/{REVISED_ITEM}"
+    doc = requests.get(url, auth=county.auth, timeout=10)
+    doc.raise_for_status()
+    doc = doc.json()
+    base = doc["name"].removesuffix(REVISION_SUFFIX)
+    doc["name"] = base + REVISION_SUFFIX
+    doc["revised_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds").replace("+00:00", "Z")
+    answer = requests.put(url, json=doc, auth=county.auth, timeout=10)
+    answer.raise_for_status()
+    doc["_rev"] = answer.json()["rev"]
+    return doc
+
+
+def wait_for_revision(nodes, doc, started, timeout, echo):
+    """Show the revision ``doc`` (made at monotonic time ``started``) arriving at each
+    node; returns ``{code: seconds from the change to its arrival}``."""
+    deadline = time.monotonic() + timeout
+    arrived = {}
+    session = requests.Session()
+    while len(arrived) < len(nodes):
+        check_alive(nodes)
+        for node in nodes:
+            if node.code in arrived:
+                continue
+            try:
+                response = session.get(f"{node.url}/db/{doc['_id']}", auth=node.auth,
+                                       timeout=5)
+                rev = response.json().get("_rev") if response.ok else None
+            except (requests.RequestException, ValueError):
+                rev = None
+            if rev == doc["_rev"]:
+                arrived[node.code] = seconds = time.monotonic() - started
+                echo(f"  {INDENT[node.tier]}{node.label}: 修订已到达 / revision arrived "
+                     f"after {seconds:.1f} s")
+        if time.monotonic() > deadline:
+            missing = ", ".join(n.code for n in nodes if n.code not in arrived)
+            raise RuntimeError(f"the revision did not reach {missing} within {timeout:.0f} s")
+        time.sleep(POLL_INTERVAL)
+    return arrived
+
+
+def info_lines(nodes):
+    """What ``tongban info`` prints about each node's catalog (run for real)."""
+    def catalog_line(node):
+        output = _cli("info", node.node_dir).stdout
+        return next((line for line in output.splitlines() if line.startswith("catalog")),
+                    "catalog -")
+
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+        return dict(zip((n.code for n in nodes), pool.map(catalog_line, nodes)))
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP: stop the region as Ctrl-C would."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeout=120.0):
+    """Create (or reuse), start and sync the demo region; returns when stopped.
+
+    :param exit_when_synced: stop everything once the catalog and its revision have
+        reached every node (used by tests and CI); otherwise run until Ctrl-C.
+    :returns: ``{"status": {code: (doc_count, item_count)}, "revision": {code: seconds},
+        "info": {code: catalog line}}`` (empty after Ctrl-C).
+    :raises RuntimeError: a port is busy, a node cannot be set up, or a process died.
+    """
+    base_dir = Path(base_dir).resolve()
+    base_dir.mkdir(parents=True, exist_ok=True)
+    nodes = plan_region(base_dir, base_port)
+    busy = [n.port for n in nodes if not port_free(n.port)]
+    if busy:
+        raise RuntimeError(f"ports {busy} are in use: choose another --base-port")
+    known = Secrets(base_dir / "demo-secrets.json")
+    log_dir = base_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    county = nodes[0]
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if in_main:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _raise_stop)
+    echo(f"示范区域 / demo region in {base_dir} (logs in {log_dir})")
+    try:
+        started = time.monotonic()
+        created = prepare_node(county, county, known)
+        _show_setup(county, created, echo)
+        seeded = seed_catalog(county)
+        echo(f"  县级目录 / county catalog: {seeded} item(s) added, "
+             f"{len(catalog_documents())} in the sample")
+        start_processes(county, log_dir)
+        wait_until_up(county)
+        bring_up_below(county, nodes, known, log_dir, echo)
+        echo(f"  {2 * len(nodes)} 个进程已启动 / serve and syncd running for "
+             f"{len(nodes)} nodes ({time.monotonic() - started:.1f} s)")
+        expected = len(catalog_documents())
+        status = wait_for_catalog(nodes, expected, timeout, echo)
+        echo("")
+        for node in nodes:
+            docs, items = status.get(node.code) or ("?", "?")
+            echo(f"{INDENT[node.tier]}{node.url:24} {node.label}"
+                 f" · 文档 {docs} · 事项 {items}/{expected}")
+        echo("")
+        changed_at = time.monotonic()
+        revised = revise_item(county)
+        echo(f"县级修订事项 / the county revises {revised['_id']} {revised['_rev']}: "
+             f"{revised['name']}")
+        arrival = wait_for_revision(nodes, revised, changed_at, timeout, echo)
+        echo("")
+        echo("tongban info (目录 / catalog):")
+        lines = info_lines(nodes)
+        for node in nodes:
+            echo(f"  {INDENT[node.tier]}{node.code:12} {lines[node.code]}")
+        echo("")
+        result = {"status": status, "revision": arrival, "info": lines}
+        if exit_when_synced:
+            return result
+        echo("按 Ctrl-C 停止 / press Ctrl-C to stop")
+        while True:
+            check_alive(nodes)
+            time.sleep(1)
+    except (KeyboardInterrupt, _Stop):
+        echo("正在停止 / stopping …")
+        return {}
+    finally:
+        if in_main:
+            # The stop is bounded (a process that will not stop is killed); a second
+            # Ctrl-C must not cut it short and leave nodes half-stopped.
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous.setdefault(signum, signal.signal(signum, signal.SIG_IGN))
+        stop_processes(nodes)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        echo("示范区域已停止 / demo stopped")
+
+
+def _show_setup(node, created, echo):
+    how = "enrolled" if created and node.parent else "created " if created else "reused  "
+    echo(f"  {how} {node.tier:8} {node.code:12} {node.name}  {node.url}")

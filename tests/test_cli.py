@@ -1,6 +1,9 @@
 """The ``tongban`` command: node directories, accounts, info, serve, reindex, demo."""
 
 import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -139,25 +142,81 @@ def test_reindex_rebuilds_the_type_counts(tmp_path, runner):
     assert info["catalog"]["items"] == 0 and info["enrolled"] is True
 
 
+def _region_processes(region):
+    """Pids of processes whose command line names a directory of ``region``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(region).encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
+def _info_of(node_dirs):
+    """``{directory name: tongban info --json}`` of the given nodes (run in parallel)."""
+    with ThreadPoolExecutor(len(node_dirs)) as pool:
+        infos = pool.map(lambda d: json.loads(tongban("info", d, "--json").stdout), node_dirs)
+    return dict(zip((d.name for d in node_dirs), infos))
+
+
+def _demo(region, base_port):
+    """``tongban demo --exit-when-synced`` in a subprocess: ``(returncode, stdout, stderr)``.
+
+    On time-out the demo gets SIGTERM, on which it stops its nodes before exiting.
+    """
+    from shared.demo import TONGBAN
+
+    process = subprocess.Popen(
+        [*TONGBAN, "demo", "--dir", str(region), "--base-port", str(base_port),
+         "--exit-when-synced"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        out, err = process.communicate(timeout=60)
+        pytest.fail(f"the demo did not finish:\n{out}\n{err}")
+    return process.returncode, out, err
+
+
 def test_demo_brings_the_catalog_to_every_node(tmp_path):
+    from shared.demo import REVISED_ITEM, REVISION_SUFFIX, port_free
+
     base_port = free_port()
     while base_port > 64000:
         base_port = free_port()
-    result = tongban("demo", "--dir", tmp_path / "region", "--base-port", base_port,
-                     "--exit-when-synced", "--timeout", "120", check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "catalog reached 7/7 nodes" in result.stdout
-    assert result.stdout.count("事项 25/25") == 7
-    villages = sorted((tmp_path / "region").glob("village-*"))
+    region = tmp_path / "region"
+    returncode, stdout, stderr = _demo(region, base_port)
+    assert returncode == 0, stdout + stderr
+    assert "catalog reached 7/7 nodes" in stdout
+    assert stdout.count("enrolled ") == 6 and stdout.count("事项 25/25") == 7
+    assert stdout.count("revision arrived") == 7
+    assert (region / "demo-secrets.json").stat().st_mode & 0o777 == 0o600
+    villages = sorted(region.glob("village-*"))
     assert len(villages) == 4
-    for village in villages:
-        info = json.loads(tongban("info", village, "--json").stdout)
-        assert info["tier"] == "village" and info["docs_by_type"].get("item") == 25
-    # A second run reuses the region and does not seed the catalog twice.
-    again = tongban("demo", "--dir", tmp_path / "region", "--base-port", base_port,
-                    "--exit-when-synced", check=False)
-    assert again.returncode == 0, again.stderr
-    assert "0 item(s) added" in again.stdout
+    nodes = _info_of([region / "county-441521", *villages])
+    county = nodes.pop("county-441521")["catalog"]["latest"]
+    assert county["id"] == REVISED_ITEM and county["title"].endswith(REVISION_SUFFIX)
+    for name, info in nodes.items():
+        # Enrolled the real way, and the county's revision is what each village last
+        # received.
+        assert info["tier"] == "village" and info["enrolled"] is True, name
+        assert info["catalog"] == {"items": 25, "latest": county}, name
+    # The demo printed what tongban info says, for every node.
+    assert stdout.count(f"latest change {REVISED_ITEM} {county['rev']}") == 7
+
+    # A second run reuses the region (no new enrolment, no second seeding) and revises
+    # the item again: the new revision reaches every node too.
+    returncode, again, stderr = _demo(region, base_port)
+    assert returncode == 0, again + stderr
+    assert "0 item(s) added" in again and "enrolled " not in again
+    assert again.count("reused ") == 7 and again.count("revision arrived") == 7
+    generation = int(county["rev"].split("-")[0]) + 1
+    assert again.count(f"latest change {REVISED_ITEM} {generation}-") == 7
+    # Nothing is left running: every port is free and no process names the region.
+    assert all(port_free(base_port + offset) for offset in range(7))
+    assert _region_processes(region) == []
 
 
 def test_commands_ignore_a_shared_folder_where_the_user_stands(tmp_path):
