@@ -7,6 +7,7 @@ CouchDB, PouchDB Server). Every transport failure and HTTP error becomes
 """
 
 import abc
+import errno
 import http.client
 import json
 import logging
@@ -276,12 +277,14 @@ class HttpPeer(Peer):
     Built on ``couchdb.http`` (CouchDB-Python, the customer's client library for the
     protocol). Measured against pouchdb-server on Python 3.11 it is as fast as requests.
     Three gaps of that layer on Python 3 are covered here: its ETag response cache is
-    switched off; a keep-alive connection the server closed while idle is raised as
-    ``RemoteDisconnected`` instead of retried, so each request is retried once on a fresh
-    connection (every call the replicator makes is idempotent); and an error with a large
-    or chunked body fails inside the library with an unrelated exception, which is caught
-    and reported as PeerError like any other transport failure. Credentials are taken from
-    the URL by ``urllib`` (passwords may hold ``:`` or ``@``) and passed per request.
+    switched off; its own retry of a lost connection resends the same headers (a signed
+    request's nonce, refused as a replay), so it is switched off and each request is
+    retried once here, on a fresh connection and signed afresh (every call the replicator
+    makes is idempotent); and an error with a large or chunked body fails inside the
+    library with an unrelated exception, which is caught and reported as PeerError like
+    any other transport failure. An empty answer is a failure too (an answer cut short
+    can look complete). Credentials are taken from the URL by ``urllib`` (passwords may
+    hold ``:`` or ``@``) and passed per request.
 
     Node-to-node requests are signed instead (docs/sync.md, "Signed requests"): a
     ``signer`` gives the headers of each request; when the other node answers 401 with
@@ -313,6 +316,10 @@ class HttpPeer(Peer):
             (parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.session = session or couchdb.http.Session(timeout=timeout)
         self.session.cache = _NoCache()
+        # couchdb.http resends a request whose answer was lost with the same headers: a
+        # signed request's nonce then comes again and the parent refuses it as a replay
+        # (the link shown "refused" for the back-off cap). _send retries, signing afresh.
+        self.session.retryable_errors = frozenset()
         if not isinstance(self.session.connection_pool, _RecordingPool):
             self.session.connection_pool = _RecordingPool(self.session.connection_pool.timeout)
         self.signer = signer
@@ -347,9 +354,17 @@ class HttpPeer(Peer):
             self.signer.observe_server_time(server_time)
             status, raw = self._send(method, url, payload)
         if not raw:
-            return None
+            # Every call here is answered with JSON. An empty body is an answer cut short:
+            # a header block cut before its Content-Length or Transfer-Encoding reads as
+            # complete, with no body. Taken for "nothing", _revs_diff would say the target
+            # lacks nothing (the batch skipped, checkpointed past) and _local "no checkpoint".
+            # No status: like an IncompleteRead, it is the link's failure, not the server's.
+            raise errors.PeerError(f"{method} {url}: HTTP {status} with an empty body "
+                                   f"(answer cut short)")
         try:
-            return json.loads(raw)
+            # Decoded as strict UTF-8 first: json.loads(bytes) decodes with
+            # "surrogatepass", which is markedly slower on non-ASCII text (the catalog).
+            return json.loads(raw.decode("utf-8"))
         except ValueError as exc:
             raise errors.PeerError(f"{method} {url}: response is not JSON", status=status,
                                    original=exc) from exc
@@ -382,16 +397,17 @@ class HttpPeer(Peer):
                     error.server_time = _float_or_none(
                         self.session.connection_pool.last_header("X-Tongban-Time"))
                 raise error from exc
-            except (http.client.RemoteDisconnected, ConnectionResetError,
-                    BrokenPipeError) as exc:
-                # An idle keep-alive connection closed by the server: retry once, fresh.
+            except Exception as exc:
+                if not _connection_lost(exc):
+                    raise errors.PeerError(
+                        f"{method} {url}: {exc.__class__.__name__}: {exc}",
+                        original=exc) from exc
+                # An idle keep-alive connection closed by the server, or an answer lost
+                # on the way: retry once, fresh (every call here is idempotent).
                 if attempt == 2:
                     raise errors.PeerError(f"{method} {url}: connection lost ({exc})",
                                            original=exc) from exc
                 logger.debug("retrying %s %s after %r", method, url, exc)
-            except Exception as exc:
-                raise errors.PeerError(f"{method} {url}: {exc.__class__.__name__}: {exc}",
-                                       original=exc) from exc
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -532,6 +548,16 @@ def _fetched(doc_id, entry):
     if not isinstance(error, dict):
         error = {"error": str(error), "reason": str(entry.get("reason", ""))}
     return {"error": dict(error, id=error.get("id", doc_id))}
+
+
+def _connection_lost(exc):
+    """True for a connection closed or reset under a request, as http.client raises it
+    or as couchdb.http re-raises it (``socket.error(ECONNRESET)``, errno in ``args``)."""
+    if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
+                        BrokenPipeError)):
+        return True
+    return type(exc) is OSError and bool(exc.args) and \
+        exc.args[0] in (errno.ECONNRESET, errno.EPIPE)
 
 
 def _float_or_none(value):
