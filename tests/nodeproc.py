@@ -133,21 +133,7 @@ def start_node(node_dir, *, port=None, create=True, **init_args):
     node_dir = Path(node_dir)
     if create and not (node_dir / "tongban.json").exists():
         make_node_dir(node_dir, **init_args)
-    port = port or free_port()
-    log_path = node_dir / f"serve-{port}.log"
-    log = open(log_path, "ab")
-    process = subprocess.Popen(
-        [*TONGBAN, "-v", "serve", str(node_dir), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    node = Node(process, url, node_dir, log_path)
-    try:
-        wait_for_http(url + "/", process)
-    except RuntimeError:
-        node.stop()
-        raise RuntimeError(f"node did not start:\n{node.log()}") from None
-    return node
+    return start_serve(node_dir, port=port)
 
 
 def npm_ready():

@@ -4,7 +4,6 @@ township; the case is found at the county and replicates to the asking station.
 """
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -12,7 +11,6 @@ import requests
 
 from shared import casedocs, identity
 from shared.app import create_app
-from shared.demo import TONGBAN
 from shared.hlc import NodeClock
 from tests import nodeproc
 from tests.nodeproc import eventually
@@ -21,22 +19,6 @@ COUNTY, T1, T2 = "441521", "441521101", "441521102"
 V1, V2, V3 = "441521101001", "441521102001", "441521101002"
 CITIZEN = "44152119800101123X"
 STRANGER = "441521199001011234"
-
-
-def start_syncd(node_dir):
-    """``tongban syncd`` on a node directory, in its own process."""
-    log_path = node_dir / "syncd.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([*TONGBAN, "-v", "syncd", str(node_dir)],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    return nodeproc.Proc(process, None, log_path)
-
-
-def set_config(node_dir, **settings):
-    path = node_dir / "tongban.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config.update(settings)
-    path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
 
 
 class Region:
@@ -53,10 +35,10 @@ class Region:
             node_dir = nodeproc.enrol_node(self.dirs[COUNTY], self.nodes[parent].url,
                                            base / code, tier, code)
             # Rounds every 5 minutes: only the longpoll and write triggers move things.
-            set_config(node_dir, SYNC_INTERVAL=300, SYNC_MAX_BACKOFF=2)
+            nodeproc.update_config(node_dir, SYNC_INTERVAL=300, SYNC_MAX_BACKOFF=2)
             self._add(code, nodeproc.start_node(node_dir, create=False))
         for code in (T1, T2, V1, V2, V3):
-            self.procs.append(start_syncd(self.dirs[code]))
+            self.procs.append(nodeproc.start_syncd(self.dirs[code]))
 
     def _add(self, code, node):
         self.nodes[code] = node
