@@ -51,6 +51,12 @@ DEFAULTS = {
 #: A first sync larger than this many documents is logged as a warning.
 LARGE_SCOPE = 100_000
 
+#: Sessions each checkpoint keeps. Every round is a one-shot replication and so a new
+#: session; with CouchDB's 50, each checkpoint read and written (by every round, over the
+#: link) carries ~15 KB of history, most of the bytes a case moves. A few sessions are
+#: enough to find the common ancestry after a round cut between its two checkpoint writes.
+ROUND_HISTORY = 5
+
 #: Status members a restarted daemon takes over from the previous run's row.
 CARRIED_OVER = ("last_success", "last_pull", "last_push", "last_attempt", "error_kind",
                 "error")
@@ -311,7 +317,8 @@ class SyncDaemon:
             self._pull(link)
         if push:
             entry = replicate(self.local, link.remote, stop=self.stop_event,
-                              batch_size=int(self.options["SYNC_BATCH_SIZE"]))
+                              batch_size=int(self.options["SYNC_BATCH_SIZE"]),
+                              history_limit=ROUND_HISTORY)
             link.push_seq = entry["recorded_seq"]
             link.last_entries["push"] = entry
             if entry["docs_written"] and not self.stop_event.is_set():
@@ -346,7 +353,7 @@ class SyncDaemon:
 
         entry = replicate(link.remote, self.local, stop=self.stop_event,
                           batch_size=int(self.options["SYNC_BATCH_SIZE"]),
-                          on_progress=progress)
+                          on_progress=progress, history_limit=ROUND_HISTORY)
         link.pull_seq = entry["recorded_seq"]
         link.pull_seen = seen[-1] if seen else entry["recorded_seq"]
         previous = link.last_entries.get("pull")

@@ -118,14 +118,14 @@ def build_history_entry(session_id, start_time, start_seq, recorded_seq, stats):
     return entry
 
 
-def build_checkpoint(session_id, recorded_seq, entry, history):
+def build_checkpoint(session_id, recorded_seq, entry, history, limit=HISTORY_LIMIT):
     """The checkpoint body written to both peers (spec 2.4.2.5.5): newest entry first,
-    the history carried over from the common ancestry, at most HISTORY_LIMIT entries."""
+    the history carried over from the common ancestry, at most ``limit`` entries."""
     return {
         "session_id": session_id,
         "source_last_seq": recorded_seq,
         "replication_id_version": REPLICATION_ID_VERSION,
-        "history": [entry, *history][:HISTORY_LIMIT],
+        "history": [entry, *history][:limit],
     }
 
 
@@ -256,6 +256,7 @@ class _Checkpointer:
         self.start_time = start_time
         self.start_seq = start_seq
         self.history = history
+        self.history_limit = HISTORY_LIMIT
         self.recorded_seq = start_seq
 
     def entry(self, stats):
@@ -268,14 +269,16 @@ class _Checkpointer:
         if seq == self.recorded_seq:
             return
         self.recorded_seq = seq
-        body = build_checkpoint(self.session_id, seq, self.entry(stats), self.history)
+        body = build_checkpoint(self.session_id, seq, self.entry(stats), self.history,
+                                self.history_limit)
         for index, (peer, _) in enumerate(self.peers):
             self.revs[index] = peer.put_local(self.rep_id, dict(body, _rev=self.revs[index]))
         logger.debug("checkpoint %s at %s", self.rep_id, seq)
 
 
 def replicate(source, target, *, continuous=False, doc_ids=None, batch_size=500, stop=None,
-              on_progress=None, poll_timeout=POLL_TIMEOUT, prefetch=None):
+              on_progress=None, poll_timeout=POLL_TIMEOUT, prefetch=None,
+              history_limit=HISTORY_LIMIT):
     """Replicate every change of ``source`` to ``target`` (one-shot or continuous).
 
     Checkpoints only what the target acknowledged: a document that failed to fetch or
@@ -295,6 +298,9 @@ def replicate(source, target, *, continuous=False, doc_ids=None, batch_size=500,
     :param prefetch: read the next batch in a thread while the current one is written;
         by default only when a peer is remote (two in-process stores only contend for
         the GIL: measured slower).
+    :param history_limit: sessions a checkpoint keeps in its ``history`` (CouchDB's 50 by
+        default; every one-shot run is a session, and the whole history is read and
+        written with each checkpoint).
     :returns: this session's history entry (statistics, sequences, times).
     :raises PeerError: a peer is unreachable or refused a request; the batch under way is
         not checkpointed.
@@ -320,6 +326,7 @@ def replicate(source, target, *, continuous=False, doc_ids=None, batch_size=500,
                 start_seq, " continuously" if continuous else "")
     checkpointer = _Checkpointer(source, target, rep_id, session_id, start_time, start_seq,
                                  history, source_log, target_log)
+    checkpointer.history_limit = history_limit
 
     # 2.4.2.4 Locate Changed Documents (in a reader thread when prefetching)
     cancelled = threading.Event()
