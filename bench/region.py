@@ -497,7 +497,7 @@ def main():
     logger.info("\n%s", text)
     if args.json:
         import json
-        print(json.dumps(results))
+        sys.stdout.write(json.dumps(results) + "\n")
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     cat = results["catalog"]

@@ -321,7 +321,9 @@ def info(node_dir, as_json):
 @click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5984, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
+# Every child holds a longpoll open at its parent (up to 50 s): a township with ~20 villages
+# and their tablets needs that many threads and more, or its sync rounds queue behind them.
+@click.option("--threads", default=64, show_default=True, type=click.IntRange(1, 512))
 def serve(node_dir, host, port, threads):
     """Serve the node (home page and /db) with waitress."""
     import waitress
