@@ -27,8 +27,6 @@ Measured:
 import argparse
 import logging
 import multiprocessing
-import os
-import platform
 import signal
 import sqlite3
 import subprocess
@@ -44,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from region_build import (assign_hosts, build_region, host_count,  # noqa: E402
                           plan_region, spec_dicts)
 from region_host import host_main  # noqa: E402
+from replication import machine  # noqa: E402
 from shared.demo import TONGBAN  # noqa: E402
 from tests.nodeproc import free_port, wait_for_http  # noqa: E402
 
@@ -62,19 +61,6 @@ def percentile(values, fraction):
         return None
     rank = max(1, -(-int(round(fraction * 1000)) * len(ordered) // 1000))
     return ordered[min(rank, len(ordered)) - 1]
-
-
-def machine():
-    """A one-line description of this machine's size."""
-    memory = ""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            kib = int(meminfo.readline().split()[1])
-            memory = f", {kib / 1024 / 1024:.0f} GiB"
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores{memory}, {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}")
 
 
 def proc_kib(pid, field):
