@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
-    package_data={"": ["templates/**/*", "templates/*", "static/**/*"]},
+    package_data={"": ["templates/**/*", "templates/*", "static/**/*", "data/*.json"]},
     install_requires=[
         "flask>=3.0,<4",
         "peewee>=3.17,<5",
@@ -28,6 +28,9 @@ setup(
         "waitress>=3.0,<4",
         "click>=8.1,<9",
         "requests>=2.31,<3",
+        # The catalog: .xlsx import/export, QR codes on guides and receipts.
+        "openpyxl>=3.1,<4",
+        "segno>=1.6,<2",
     ],
     extras_require={
         "test": [

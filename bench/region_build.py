@@ -10,7 +10,6 @@ enrolment leaves: the registry relayed unchanged) with a fresh uuid, so each nod
 own replication ids and every request between nodes is signed and scoped for real.
 """
 
-import copy
 import json
 import logging
 import os
@@ -193,24 +192,19 @@ def build_region(nodes, *, settings=None, progress=None):
     return region_key
 
 
-def catalog_release(count, release_number=1):
-    """``count`` item documents varied from the sample catalog (~2.5 KB each) and the
-    ``release:`` document listing them."""
-    sample = json.loads((DATA_DIR / "catalog-sample.json").read_text(encoding="utf-8"))
-    items = sample["items"]
-    docs = []
-    for index in range(count):
-        base = items[index % len(items)]
-        doc = copy.deepcopy({k: v for k, v in base.items() if not k.startswith("_")})
-        doc["id"] = f"{base['id']}-{index // len(items) + 1:03d}"
-        doc["name"] = f"{base['name']}（{index // len(items) + 1}）"
-        doc["_id"] = f"item:{doc['id']}"
-        doc["type"] = "item"
-        doc["release"] = release_number
-        docs.append(doc)
-    release = {"_id": f"release:{release_number:04d}", "type": "release",
-               "number": release_number, "items": [d["_id"] for d in docs],
-               "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+def catalog_release(count, release_number, county_key):
+    """``count`` published item documents varied from the sample catalog (complete items
+    of the schema, ~3 KB each) and the release listing them, signed with ``county_key``."""
+    from shared.catalog import release as rel
+    from shared.catalog.sample import repeated_items
+
+    docs = [rel.published_doc("item", item, release_number) for item in repeated_items(count)]
+    release = rel.sign_release(
+        county_key, number=release_number,
+        time=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        entries=[{"id": d["_id"], "version": release_number, "hash": rel.content_hash(d)}
+                 for d in docs],
+        proposed_by="bench", approved_by="bench")
     return docs, release
 
 

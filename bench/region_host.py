@@ -26,41 +26,40 @@ ITEM_PREFIX = "item:"
 
 
 class Watch:
-    """A projection that notes arrivals (``time.monotonic()``, system-wide on Linux)."""
+    """A projection that notes arrivals (``time.monotonic()``, system-wide on Linux).
+
+    It runs after the catalog's activation projection in the same transaction, so the
+    release counts as arrived when the node has verified and activated it.
+    """
 
     tables = []
 
     def __init__(self):
-        self.expected = None
-        self.release_id = None
-        self.items = set()
-        self.release_seen = False
+        self.release_number = None
         self.complete_at = None
         self.cases = {}  # number -> {"case": t, "event": t}
 
-    def arm(self, release_id, expected):
-        """Start waiting for ``expected`` new items and ``release_id``."""
-        self.expected, self.release_id = expected, release_id
-        self.items, self.release_seen, self.complete_at = set(), False, None
+    def arm(self, release_number):
+        """Start waiting for release ``release_number`` to become active."""
+        self.release_number, self.complete_at = release_number, None
 
     def apply(self, db, docs):
         """Note what ``docs`` bring (never raises, re-announces nothing)."""
         now = time.monotonic()
+        catalog = False
         for doc_id, doc in docs:
             if doc is None:
                 continue
-            if doc_id.startswith(ITEM_PREFIX):
-                if self.expected is not None:
-                    self.items.add(doc_id)
-            elif doc_id == self.release_id:
-                self.release_seen = True
+            if doc_id.startswith((ITEM_PREFIX, "release:")):
+                catalog = True
             elif doc_id.startswith("case:"):
                 self.cases.setdefault(doc_id[5:], {}).setdefault("case", now)
             elif doc_id.startswith("event:") and doc.get("kind") == "accepted":
                 self.cases.setdefault(doc.get("case"), {}).setdefault("event", now)
-        if self.complete_at is None and self.expected is not None and self.release_seen \
-                and len(self.items) >= self.expected:
-            self.complete_at = now
+        if catalog and self.complete_at is None and self.release_number is not None:
+            row = db.execute_sql("SELECT number FROM catalog_state WHERE id = 1").fetchone()
+            if row and row[0] >= self.release_number:
+                self.complete_at = now
 
     def reset(self, db):
         """Nothing to rebuild."""
@@ -221,18 +220,22 @@ class Host:
 
         sys.setswitchinterval(seconds)
 
-    def cmd_arm(self, release_id, expected):
-        """Arm every node's watch for a release."""
+    def cmd_arm(self, number):
+        """Arm every node's watch for release ``number``."""
         for node in self.nodes.values():
-            node.watch.arm(release_id, expected)
+            node.watch.arm(number)
 
     def cmd_release(self, count, number):
         """Write a catalog release at the county (this host must hold it)."""
         from region_build import catalog_release
 
+        from shared import identity
+
         county = next(n for n in self.nodes.values() if n.tier == "county")
-        docs, release = catalog_release(count, number)
         started = time.monotonic()
+        # Signing is part of publishing: it counts from here.
+        docs, release = catalog_release(count, number,
+                                        identity.load_private_key(county.spec["dir"]))
         results = county.store.bulk_docs(docs + [release])
         finished = time.monotonic()
         failed = [r for r in results if "error" in r]

@@ -9,6 +9,8 @@ from shared import config as cfg
 from shared import db as dbmod
 from shared.errors import ConfigurationError
 from shared.models import MODELS, migrate
+from shared.catalog import publish
+from shared.catalog.active import CatalogActivation, trusted_keys
 from shared.hlc import ClockObserver
 from shared.lookup import CaseApplicants
 from shared.registry import NodeRegistry
@@ -36,9 +38,11 @@ def open_store(config):
     store.add_projection(CaseApplicants())
     store.add_projection(ClockObserver())
     store.add_projection(CaseParties())
+    store.add_projection(CatalogActivation(store, trusted_keys(config)))
     dbmod.database.initialize(store.db)
     store.db.create_tables(MODELS, safe=True)
     migrate(store.db)
+    publish.create_tables(store.db)
     return store
 
 
@@ -65,8 +69,13 @@ def create_app(config=None, node_dir=None):
     app.json.ensure_ascii = False
     app.extensions["store"] = open_store(merged)
 
-    from shared import couch, nodeapi
-    from shared.views import home, sync
+    @app.before_request
+    def bind_models():
+        # One app per process in production; tests run several, each request uses its own.
+        dbmod.database.initialize(app.extensions["store"].db)
+
+    from shared import couch, nodeapi, staff
+    from shared.views import catalog, home, sync
 
     # Every node serves /db under the scopes; a test may replace the policy afterwards.
     app.extensions["couch_policy"] = NodePolicy(app.extensions["store"])
@@ -74,6 +83,8 @@ def create_app(config=None, node_dir=None):
     nodeapi.init_app(app)
     home.init_app(app)
     sync.init_app(app)
+    staff.init_app(app)
+    catalog.init_app(app)
     module.init_app(app)
     return app
 

@@ -310,11 +310,19 @@ def info(node_dir, as_json):
         click.echo(f"{key:12} {summary[key] if summary[key] is not None else '-'}")
     for doc_type, count in summary["docs_by_type"].items():
         click.echo(f"{'type ' + doc_type:12} {count}")
-    catalog = summary["catalog"]
-    latest = catalog["latest"]
-    click.echo(f"{'catalog':12} {catalog['items']} items" + (
-        f", latest change {latest['id']} {latest['rev']} {latest['title'] or ''}"
-        if latest else ""))
+    click.echo(f"{'catalog':12} {format_catalog(summary['catalog'])}")
+
+
+def format_catalog(catalog):
+    """One line about the catalog in force, e.g. ``release 2 active, 25 items (已生效)``."""
+    if catalog["release"] is None:
+        line = f"no release active ({catalog['state_name']})"
+    else:
+        line = f"release {catalog['release']} active, {catalog['items']} items " \
+               f"({catalog['state_name']})"
+    if catalog["state"] not in ("ok", "none") and catalog["message"]:
+        line += f": {catalog['message']}"
+    return line
 
 
 @main.command()
@@ -423,6 +431,98 @@ def sync_status(node_dir, as_json):
         click.echo(json.dumps(report, ensure_ascii=False, indent=2))
     else:
         click.echo(format_text(report))
+
+
+@main.group()
+def catalog():
+    """The regional catalog: import, export and the release in force."""
+
+
+@catalog.command("import")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--by", "author", default="cli", show_default=True,
+              help="Whose drafts these are (shown on the county's authoring pages).")
+def catalog_import(node_dir, file, author):
+    """Make the county's drafts exactly FILE (.xlsx or .json): all rows or none.
+
+    Every problem is listed (sheet, row, column); nothing is imported when there is one.
+    Propose and approve the release on the county's authoring pages afterwards.
+    """
+    from shared.catalog import publish, schema, transfer
+
+    app = load_app(node_dir)
+    if app.config["TIER"] != "county":
+        _fail("the catalog is authored at the county only")
+    store = app.extensions["store"]
+    try:
+        items, agencies = transfer.read_catalog_file(file)
+        with app.app_context():
+            changes = publish.import_catalog(store.db, items, agencies, author)
+    except schema.CatalogInvalid as invalid:
+        for error in invalid.errors:
+            click.echo(error.message, err=True)
+        _fail(f"{len(invalid.errors)} problem(s) in {file}: nothing imported")
+    finally:
+        store.close()
+    counts = {kind: sum(1 for c in changes if c["change"] == kind)
+              for kind in ("added", "changed", "removed")}
+    click.echo(f"imported {len(items)} items and {len(agencies)} agencies as drafts: "
+               f"{counts['added']} added, {counts['changed']} changed, "
+               f"{counts['removed']} removed against the release in force")
+
+
+@catalog.command("export")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--published", is_flag=True,
+              help="Export the release in force, without the county's drafts.")
+def catalog_export(node_dir, file, published):
+    """Write the catalog to FILE (.xlsx or .json): the county's working copy (drafts
+    included) or, with --published and at any node, the release in force."""
+    from shared.catalog import publish, schema, transfer
+
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        with app.app_context():
+            if published or app.config["TIER"] != "county":
+                items, agencies = publish.published_records(store.db)
+            else:
+                items, agencies = publish.working_copy(store.db)
+        transfer.write_catalog_file(file, items, agencies)
+    except schema.CatalogInvalid as invalid:
+        _fail(str(invalid))
+    finally:
+        store.close()
+    click.echo(f"exported {len(items)} items and {len(agencies)} agencies to {file}")
+
+
+@catalog.command("status")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def catalog_status(node_dir, as_json):
+    """The release in force, its item count and the verification state."""
+    from shared.catalog.active import catalog_status as status_of
+    from shared.syncstatus import format_time
+
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    status = status_of(store.db)
+    store.close()
+    if as_json:
+        click.echo(json.dumps(status, ensure_ascii=False, indent=2))
+        return
+    active = status["active"]
+    if active:
+        click.echo(f"release      {active['number']} ({active['time']}), key {active['key_id']}")
+        click.echo(f"items        {active['item_count']} items, {active['agency_count']} agencies")
+        click.echo(f"activated    {format_time(active['activated_at'])}")
+    else:
+        click.echo("release      none active")
+    click.echo(f"verification {status['state']} ({status['state_name']}): {status['message']}")
+    for alarm in status["alarms"]:
+        click.echo(f"alarm        {format_time(alarm['at'])} {alarm['message']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

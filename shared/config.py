@@ -33,6 +33,9 @@ DEFAULTS = {
     "LONGPOLL_MAX_TIMEOUT": 60.0,
     # base64 of the county's Ed25519 public key: registry entries must verify with it.
     "COUNTY_PUBLIC_KEY": None,
+    # More county public keys (base64) that verify catalog releases: during a key rotation
+    # the old and the new key both verify.
+    "CATALOG_TRUSTED_KEYS": [],
 }
 
 

@@ -7,9 +7,11 @@ with a one-time code from ``tongban enrol`` through its parent (a township relay
 villages' enrolments to the county). Every node then runs ``tongban serve`` and
 ``tongban syncd`` as separate processes; syncd signs its requests with the node's key.
 
-The county is seeded with the sample catalog (``shared/data/catalog-sample.json``). Once
-every node holds it, the demo revises one item at the county and shows the revision
-arriving at each node, then prints what ``tongban info`` says about each node's catalog.
+The county publishes the sample catalog (``shared/data/catalog-sample.json``) as signed
+release 1: an editor account proposes it and an approver account approves it (two people).
+Once every node has verified and activated it, the demo edits one item, publishes release 2
+the same way and shows it arriving and activating at each node, then prints what
+``tongban info`` says about each node's catalog.
 
 Each node also gets a full-scope replicator account, only so that the demo can read the
 nodes' ``/db`` for its progress display (passwords in ``demo-secrets.json``, mode 0600).
@@ -44,9 +46,11 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 TONGBAN = [sys.executable, "-P", "-m", "shared.cli"]
 REPLICATOR_USER = "replicator"
 TOWNSHIPS, VILLAGES_PER_TOWNSHIP = 2, 2
-#: The item the demo revises at the county, and what the revision adds to its title.
-REVISED_ITEM = "item:GD-LS-01"
+#: The item the demo revises at the county, and what the revision adds to its name.
+REVISED_ITEM = "GD-LS-01"
 REVISION_SUFFIX = "（2026年修订）"
+#: The county's two authoring accounts (two people publish a release).
+EDITOR, APPROVER = "editor", "approver"
 #: Seconds between two looks at the nodes while waiting.
 POLL_INTERVAL = 0.1
 INDENT = {"county": "", "township": "  ", "village": "    "}
@@ -84,18 +88,6 @@ class DemoNode:
 def load_region():
     """The county of the demo region with its towns and villages."""
     return json.loads((DATA_DIR / "region-haifeng.json").read_text(encoding="utf-8"))["county"]
-
-
-def catalog_documents():
-    """The sample catalog as ``item`` documents (ids ``item:<catalog id>``)."""
-    catalog = json.loads((DATA_DIR / "catalog-sample.json").read_text(encoding="utf-8"))
-    docs = []
-    for item in catalog["items"]:
-        doc = {key: value for key, value in item.items() if not key.startswith("_")}
-        doc["_id"] = f"item:{item['id']}"
-        doc["type"] = "item"
-        docs.append(doc)
-    return docs
 
 
 def plan_region(base_dir, base_port):
@@ -214,22 +206,62 @@ def _add_account(node, known):
     known.add(node.code, password)
 
 
-def seed_catalog(county):
-    """Write the sample catalog into the county's store (once; later runs keep edits)."""
-    from shared.app import open_store
-    from shared.errors import NotFound
+def _author_accounts(county, known):
+    """The county's editor and approver accounts (made once; passwords in the secrets)."""
+    for name, role in ((EDITOR, "county_admin"), (APPROVER, "approver")):
+        key = f"{county.code}:{name}"
+        if key in known.known:
+            continue
+        password = secrets.token_urlsafe(12)
+        _cli("user", "add", county.node_dir, name, "--role", role, input_text=password + "\n")
+        known.add(key, password)
 
-    store = open_store(cfg.load_config(county.node_dir))
+
+def _open_county(county):
+    from shared import identity
+    from shared.app import open_store
+
+    return open_store(cfg.load_config(county.node_dir)), \
+        identity.load_private_key(county.node_dir)
+
+
+def seed_catalog(county, known):
+    """Publish the sample catalog as release 1 unless a release is in force already.
+
+    :returns: the number of the release in force.
+    """
+    from shared.catalog import active, publish
+    from shared.catalog.sample import sample_catalog
+
+    _author_accounts(county, known)
+    store, key = _open_county(county)
     try:
-        missing = []
-        for doc in catalog_documents():
-            try:
-                store.get(doc["_id"])
-            except NotFound:
-                missing.append(doc)
-        if missing:
-            store.bulk_docs(missing)
-        return len(missing)
+        if not active.active_number(store.db):
+            items, agencies = sample_catalog()
+            publish.publish(store, items, agencies, proposer=EDITOR, approver=APPROVER,
+                            private_key=key, note="示范目录（样例数据）")
+        return active.active_number(store.db)
+    finally:
+        store.close()
+
+
+def revise_catalog(county):
+    """Edit one item at the county and publish the next release (editor, then approver).
+
+    The item's name gets :data:`REVISION_SUFFIX` (once) and its notes say when, so every
+    run publishes a release that nodes visibly receive. Returns the new release number.
+    """
+    from shared.catalog import publish
+
+    store, key = _open_county(county)
+    try:
+        item = publish.working_record(store.db, "item", REVISED_ITEM)
+        item["name"] = item["name"].removesuffix(REVISION_SUFFIX) + REVISION_SUFFIX
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        item["notes"] = f"示范修订于 {stamp}"
+        publish.save_draft(store.db, "item", item, EDITOR)
+        proposal = publish.propose(store.db, EDITOR, note="示范：修订一个事项")
+        return publish.approve(store, proposal.id, APPROVER, key)["number"], item["name"]
     finally:
         store.close()
 
@@ -343,63 +375,23 @@ def bring_up_below(county, nodes, known, log_dir, echo):
 
 # -- what the demo shows -------------------------------------------------------------------
 
-def node_status(node, session=requests):
-    """``(doc_count, item_count)`` of a node read over HTTP, or None when it does not answer."""
+def catalog_of(node, session=requests):
+    """A node's catalog summary (``/status/catalog``), or None when it does not answer."""
     try:
-        response = session.get(node.url + "/db/_all_docs", auth=node.auth, timeout=5,
-                               params={"startkey": '"item:"', "endkey": '"item:\ufff0"'})
+        response = session.get(node.url + "/status/catalog", timeout=5)
         response.raise_for_status()
-        items = len(response.json()["rows"])
-        info = session.get(node.url + "/db", auth=node.auth, timeout=5).json()
-        return info["doc_count"], items
-    except (requests.RequestException, ValueError, KeyError):
+        return response.json()
+    except (requests.RequestException, ValueError):
         return None
 
 
-def wait_for_catalog(nodes, expected, timeout, echo):
-    """Poll every node until each holds ``expected`` items, showing progress."""
-    deadline = time.monotonic() + timeout
-    last_line = None
-    session = requests.Session()
-    while True:
-        check_alive(nodes)
-        status = {node.code: node_status(node, session) for node in nodes}
-        synced = sum(1 for s in status.values() if s and s[1] >= expected)
-        line = f"  目录已到达 {synced}/{len(nodes)} 个节点 / catalog reached {synced}/" \
-               f"{len(nodes)} nodes"
-        if line != last_line:
-            echo(line)
-            last_line = line
-        if synced == len(nodes):
-            return status
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the catalog did not reach every node within {timeout:.0f} s")
-        time.sleep(POLL_INTERVAL * 3)
+def wait_for_release(nodes, number, started, timeout, echo, timed=True):
+    """Show release ``number`` (published at monotonic time ``started``) becoming active at
+    each node; returns ``{code: seconds from publishing to activation}``.
 
-
-def revise_item(county):
-    """Edit one catalog item at the county through its /db; returns the new document.
-
-    The title gets :data:`REVISION_SUFFIX` (once) and ``revised_at`` says when, so every
-    run makes a new revision that nodes visibly receive.
+    :param timed: say how long each node took (not for a release published before the
+        nodes were set up: it arrives with their first sync).
     """
-    url = f"{county.url}/db/{REVISED_ITEM}"
-    doc = requests.get(url, auth=county.auth, timeout=10)
-    doc.raise_for_status()
-    doc = doc.json()
-    base = doc["name"].removesuffix(REVISION_SUFFIX)
-    doc["name"] = base + REVISION_SUFFIX
-    doc["revised_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds").replace("+00:00", "Z")
-    answer = requests.put(url, json=doc, auth=county.auth, timeout=10)
-    answer.raise_for_status()
-    doc["_rev"] = answer.json()["rev"]
-    return doc
-
-
-def wait_for_revision(nodes, doc, started, timeout, echo):
-    """Show the revision ``doc`` (made at monotonic time ``started``) arriving at each
-    node; returns ``{code: seconds from the change to its arrival}``."""
     deadline = time.monotonic() + timeout
     arrived = {}
     session = requests.Session()
@@ -408,19 +400,17 @@ def wait_for_revision(nodes, doc, started, timeout, echo):
         for node in nodes:
             if node.code in arrived:
                 continue
-            try:
-                response = session.get(f"{node.url}/db/{doc['_id']}", auth=node.auth,
-                                       timeout=5)
-                rev = response.json().get("_rev") if response.ok else None
-            except (requests.RequestException, ValueError):
-                rev = None
-            if rev == doc["_rev"]:
+            catalog = catalog_of(node, session)
+            if catalog and (catalog.get("release") or 0) >= number:
                 arrived[node.code] = seconds = time.monotonic() - started
-                echo(f"  {INDENT[node.tier]}{node.label}: 修订已到达 / revision arrived "
-                     f"after {seconds:.1f} s")
+                after = f" after {seconds:.1f} s" if timed else ""
+                echo(f"  {INDENT[node.tier]}{node.label}: 第 {number} 号发布已验证生效 / "
+                     f"release {number} verified and active{after} "
+                     f"({catalog['items']} 个事项)")
         if time.monotonic() > deadline:
             missing = ", ".join(n.code for n in nodes if n.code not in arrived)
-            raise RuntimeError(f"the revision did not reach {missing} within {timeout:.0f} s")
+            raise RuntimeError(f"release {number} did not reach {missing} within "
+                               f"{timeout:.0f} s")
         time.sleep(POLL_INTERVAL)
     return arrived
 
@@ -449,7 +439,7 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
 
     :param exit_when_synced: stop everything once the catalog and its revision have
         reached every node (used by tests and CI); otherwise run until Ctrl-C.
-    :returns: ``{"status": {code: (doc_count, item_count)}, "revision": {code: seconds},
+    :returns: ``{"first": {code: seconds}, "release": number, "revision": {code: seconds},
         "info": {code: catalog line}}`` (empty after Ctrl-C).
     :raises RuntimeError: a port is busy, a node cannot be set up, or a process died.
     """
@@ -473,34 +463,32 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
         started = time.monotonic()
         created = prepare_node(county, county, known)
         _show_setup(county, created, echo)
-        seeded = seed_catalog(county)
-        echo(f"  县级目录 / county catalog: {seeded} item(s) added, "
-             f"{len(catalog_documents())} in the sample")
+        first = seed_catalog(county, known)
+        echo(f"  县级目录 / county catalog: release {first} in force (signed; proposed by "
+             f"{EDITOR}, approved by {APPROVER})")
         start_processes(county, log_dir)
         wait_until_up(county)
         bring_up_below(county, nodes, known, log_dir, echo)
         echo(f"  {2 * len(nodes)} 个进程已启动 / serve and syncd running for "
              f"{len(nodes)} nodes ({time.monotonic() - started:.1f} s)")
-        expected = len(catalog_documents())
-        status = wait_for_catalog(nodes, expected, timeout, echo)
-        echo("")
-        for node in nodes:
-            docs, items = status.get(node.code) or ("?", "?")
-            echo(f"{INDENT[node.tier]}{node.url:24} {node.label}"
-                 f" · 文档 {docs} · 事项 {items}/{expected}")
+        setup_done = time.monotonic()
+        first_arrival = wait_for_release(nodes, first, setup_done, timeout, echo, timed=False)
         echo("")
         changed_at = time.monotonic()
-        revised = revise_item(county)
-        echo(f"县级修订事项 / the county revises {revised['_id']} {revised['_rev']}: "
-             f"{revised['name']}")
-        arrival = wait_for_revision(nodes, revised, changed_at, timeout, echo)
+        number, name = revise_catalog(county)
+        echo(f"县级发布 / the county publishes release {number}: {REVISED_ITEM} → {name}")
+        arrival = wait_for_release(nodes, number, changed_at, timeout, echo)
         echo("")
         echo("tongban info (目录 / catalog):")
         lines = info_lines(nodes)
         for node in nodes:
             echo(f"  {INDENT[node.tier]}{node.code:12} {lines[node.code]}")
         echo("")
-        result = {"status": status, "revision": arrival, "info": lines}
+        echo(f"目录编辑 / catalog authoring: {county.url}/admin/catalog (accounts {EDITOR} and "
+             f"{APPROVER}, passwords in {known.path})")
+        echo(f"公开目录 / public catalog at any node, e.g. {nodes[-1].url}/catalog")
+        result = {"first": first_arrival, "release": number, "revision": arrival,
+                  "info": lines}
         if exit_when_synced:
             return result
         echo("按 Ctrl-C 停止 / press Ctrl-C to stop")

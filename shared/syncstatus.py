@@ -55,7 +55,7 @@ STATUS_DOC_MIN_INTERVAL = 60.0
 #: ...and at least this often, changed or not, so that its last contact shows.
 STATUS_DOC_MAX_INTERVAL = 600.0
 #: Members of a status document whose change is worth a new revision.
-STATUS_DOC_CHANGES = ("state", "pending_push", "pending_pull", "error_kind")
+STATUS_DOC_CHANGES = ("state", "pending_push", "pending_pull", "error_kind", "catalog")
 
 COLUMNS = ("link", "peer", "state", "last_success", "last_pull", "last_push",
            "last_attempt", "error_kind", "error", "failures", "doc_failures",
@@ -242,7 +242,18 @@ def status_doc_id(code):
     return f"{STATUS_DOC_PREFIX}{code}"
 
 
-def build_status_doc(code, tier, row, reported_at):
+def catalog_report(db):
+    """The catalog part of a status document: release in force, verification state, the
+    latest alarm (so the county sees a station that refused a tampered release)."""
+    from shared.catalog.active import catalog_status
+
+    status = catalog_status(db, alarms=1)
+    return {"release": (status["active"] or {}).get("number"), "state": status["state"],
+            "message": status["message"] if status["state"] != "ok" else None,
+            "alarm": status["alarms"][0]["message"] if status["alarms"] else None}
+
+
+def build_status_doc(code, tier, row, reported_at, catalog=None):
     """Node ``code``'s status document from its main link's row.
 
     :param reported_at: unix seconds, corrected by the clock offset to the parent when
@@ -261,6 +272,7 @@ def build_status_doc(code, tier, row, reported_at):
         "last_push": iso(row.get("last_push")),
         "pending_push": row.get("pending_push"),
         "pending_pull": row.get("pending_pull"),
+        "catalog": catalog,
     }
 
 
@@ -271,6 +283,8 @@ def status_doc_due(old, new, now):
     since = now - (parse_iso(old.get("reported_at")) or 0)
     if since >= STATUS_DOC_MAX_INTERVAL:
         return True
+    if old.get("catalog") != new.get("catalog"):
+        return True  # a catalog alarm must reach the county at once
     changed = any(old.get(key) != new.get(key) for key in STATUS_DOC_CHANGES)
     return changed and since >= STATUS_DOC_MIN_INTERVAL
 
@@ -339,11 +353,12 @@ def node_overview(store, own_code, now=None):
                 else format_duration(now - last_success),
                 "pending_push": doc.get("pending_push"),
                 "pending_pull": doc.get("pending_pull"),
+                "catalog": doc.get("catalog"),
             })
         else:
             entry.update({"state": None, "state_label": "从未报告", "message": "",
                           "last_contact_text": "从未", "lag_text": "-", "lag": None,
-                          "pending_push": None, "pending_pull": None})
+                          "pending_push": None, "pending_pull": None, "catalog": None})
         if node.get("status") == "revoked":
             entry["state_label"] = "已吊销"
         result.append(entry)
@@ -364,6 +379,7 @@ def status_report(store, config, now=None):
         "links": links,
         "summary": overall(links),
         "nodes": node_overview(store, config.get("NODE_CODE"), now),
+        "catalog": catalog_report(store.db),
     }
 
 
@@ -387,14 +403,27 @@ def format_text(report):
             lines.append(f"  last error     {view['message']}: {view.get('error') or ''}")
         if view["next_retry_text"] != "-":
             lines.append(f"  next retry     {view['next_retry_text']}")
+    catalog = report.get("catalog") or {}
+    lines.append(f"catalog   release {catalog.get('release') or '-'}, {catalog.get('state')}"
+                 + (f": {catalog['message']}" if catalog.get("message") else ""))
+    if catalog.get("alarm"):
+        lines.append(f"  alarm          {catalog['alarm']}")
     if report["nodes"]:
         lines.append("nodes below:")
         for node in report["nodes"]:
             lines.append(
                 f"  {node['code']:12} {node['state'] or 'never reported':12} "
                 f"last contact {node['last_contact_text']}, lag {node['lag_text']}, "
-                f"waiting push {_count(node['pending_push'])} pull {_count(node['pending_pull'])}")
+                f"waiting push {_count(node['pending_push'])} pull {_count(node['pending_pull'])}"
+                + _catalog_text(node.get("catalog")))
     return "\n".join(lines)
+
+
+def _catalog_text(catalog):
+    if not catalog:
+        return ""
+    text = f", catalog release {catalog.get('release') or '-'} {catalog.get('state')}"
+    return text + (f" ALARM: {catalog['alarm']}" if catalog.get("alarm") else "")
 
 
 def _count(value):

@@ -426,7 +426,8 @@ class SyncDaemon:
         code = self.config["NODE_CODE"]
         try:
             doc = syncstatus.build_status_doc(code, self.config["TIER"], main.row,
-                                              now + offset)
+                                              now + offset,
+                                              syncstatus.catalog_report(self.store.db))
             try:
                 old = self.store.get(doc["_id"])
             except errors.NotFound:

@@ -24,6 +24,19 @@ def make_app(path, **overrides):
     return create_app(config)
 
 
+def make_county(path, **overrides):
+    """A county node whose directory holds its key (it can sign catalog releases):
+    ``app.key`` is the private key, the config has its public half and ``NODE_DIR``."""
+    from shared import identity
+
+    key = identity.new_private_key()
+    identity.save_private_key(path, key)
+    app = make_app(path, COUNTY_PUBLIC_KEY=identity.b64(identity.public_key_bytes(key)),
+                   NODE_DIR=str(path), **overrides)
+    app.key = key
+    return app
+
+
 def add_account(app, username, password, roles=("replicator",)):
     """Create an account on ``app``'s node."""
     with app.app_context():

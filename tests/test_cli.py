@@ -181,7 +181,7 @@ def _demo(region, base_port):
 
 
 def test_demo_brings_the_catalog_to_every_node(tmp_path):
-    from shared.demo import REVISED_ITEM, REVISION_SUFFIX, port_free
+    from shared.demo import REVISION_SUFFIX, port_free
 
     base_port = free_port()
     while base_port > 64000:
@@ -189,31 +189,35 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
     region = tmp_path / "region"
     returncode, stdout, stderr = _demo(region, base_port)
     assert returncode == 0, stdout + stderr
-    assert "catalog reached 7/7 nodes" in stdout
-    assert stdout.count("enrolled ") == 6 and stdout.count("事项 25/25") == 7
-    assert stdout.count("revision arrived") == 7
+    assert "release 1 in force (signed; proposed by editor, approved by approver)" in stdout
+    assert stdout.count("enrolled ") == 6
+    assert stdout.count("release 1 verified and active") == 7
+    assert stdout.count("release 2 verified and active") == 7
     assert (region / "demo-secrets.json").stat().st_mode & 0o777 == 0o600
     villages = sorted(region.glob("village-*"))
     assert len(villages) == 4
     nodes = _info_of([region / "county-441521", *villages])
-    county = nodes.pop("county-441521")["catalog"]["latest"]
-    assert county["id"] == REVISED_ITEM and county["title"].endswith(REVISION_SUFFIX)
     for name, info in nodes.items():
-        # Enrolled the real way, and the county's revision is what each village last
-        # received.
-        assert info["tier"] == "village" and info["enrolled"] is True, name
-        assert info["catalog"] == {"items": 25, "latest": county}, name
+        # Enrolled the real way; release 2 verified and in force everywhere.
+        assert info["enrolled"] is True, name
+        assert info["catalog"]["release"] == 2 and info["catalog"]["items"] == 25, name
+        assert info["catalog"]["state"] == "ok", name
     # The demo printed what tongban info says, for every node.
-    assert stdout.count(f"latest change {REVISED_ITEM} {county['rev']}") == 7
+    assert stdout.count("release 2 active, 25 items (已生效)") == 7
+    # The edited item is what a village's public guide shows.
+    guide = tongban("catalog", "export", villages[0], tmp_path / "v.json", check=False)
+    assert guide.returncode == 0, guide.stderr
+    exported = json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))
+    revised = [i for i in exported["items"] if i["name"].endswith(REVISION_SUFFIX)]
+    assert [i["id"] for i in revised] == ["GD-LS-01"]
 
-    # A second run reuses the region (no new enrolment, no second seeding) and revises
-    # the item again: the new revision reaches every node too.
+    # A second run reuses the region (no new enrolment, no second release 1) and publishes
+    # release 3, which reaches every node too.
     returncode, again, stderr = _demo(region, base_port)
     assert returncode == 0, again + stderr
-    assert "0 item(s) added" in again and "enrolled " not in again
-    assert again.count("reused ") == 7 and again.count("revision arrived") == 7
-    generation = int(county["rev"].split("-")[0]) + 1
-    assert again.count(f"latest change {REVISED_ITEM} {generation}-") == 7
+    assert "release 2 in force" in again and "enrolled " not in again
+    assert again.count("reused ") == 7 and again.count("release 3 verified and active") == 7
+    assert again.count("release 3 active, 25 items (已生效)") == 7
     # Nothing is left running: every port is free and no process names the region.
     assert all(port_free(base_port + offset) for offset in range(7))
     assert _region_processes(region) == []
@@ -229,3 +233,18 @@ def test_commands_ignore_a_shared_folder_where_the_user_stands(tmp_path):
                      cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "n" / "tongban.json").exists()
+
+
+def test_a_non_editable_install_gets_every_template_and_data_file(tmp_path):
+    """``pip install .`` (the README's demo command) must carry the pages and sample data."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("tongban-*.whl"))).namelist())
+    wanted = {str(p.relative_to(root)) for pattern in ("*/templates/**/*.html", "shared/data/*")
+              for p in root.glob(pattern)}
+    assert wanted and wanted <= names, sorted(wanted - names)

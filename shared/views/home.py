@@ -28,22 +28,16 @@ def node_summary(app=None):
 
 
 def catalog_summary(store):
-    """How many catalog items this node holds and which one changed last.
+    """The catalog release in force at this node, its item count and verification state."""
+    from shared.catalog.active import catalog_status
 
-    The latest change is the live item with the highest sequence: after the county edits
-    an item, every node that has received the edit names the same item and revision.
-    """
-    count = store.db.execute_sql(
-        "SELECT COUNT(*) FROM document WHERE id >= 'item:' AND id < 'item;' AND deleted = 0"
-    ).fetchone()[0]
-    row = store.db.execute_sql(
-        "SELECT id, rev FROM document WHERE id >= 'item:' AND id < 'item;' AND deleted = 0 "
-        "ORDER BY seq DESC LIMIT 1").fetchone()
-    latest = None
-    if row is not None:
-        doc = store.get(row[0])
-        latest = {"id": row[0], "rev": row[1], "title": doc.get("title") or doc.get("name")}
-    return {"items": count, "latest": latest}
+    status = catalog_status(store.db, alarms=1)
+    active = status["active"] or {}
+    return {"release": active.get("number"), "items": active.get("item_count", 0),
+            "time": active.get("time"), "verify_seconds": active.get("verify_seconds"),
+            "state": status["state"],
+            "state_name": status["state_name"], "message": status["message"],
+            "alarm": status["alarms"][0]["message"] if status["alarms"] else None}
 
 
 def wants_html():
@@ -71,6 +65,12 @@ def index():
         render_template("home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]]))
     response.vary.add("Accept")
     return response
+
+
+@bp.route("/status/catalog")
+def catalog_status_json():
+    """The catalog summary as JSON (no login: release numbers and states are public)."""
+    return current_app.json.response(catalog_summary(current_app.extensions["store"]))
 
 
 def init_app(app):

@@ -1,0 +1,626 @@
+"""Catalog authoring at the county (目录编辑): drafts, the diff, proposing and approving.
+
+Every page here is generated from the schema (``schema.ITEM_FIELDS``): adding a field there
+adds it to the form, the preview and the diff. A record goes through a form and back
+unchanged: :func:`form_values` writes it as the form's text, :func:`parse_form` reads that
+text back into exactly the same record. Tables are one textarea each, a row per line and
+the columns separated by ``|`` in the order of the column fields; inside a cell ``\\``
+escapes ``|``, ``；``, a line break (``\\n``) and itself, and a list-valued cell separates
+its entries with ``；``.
+
+The pages only parse, call :mod:`shared.catalog.publish` and render; the rules (validation,
+two-person approval, signing) live there.
+"""
+
+import logging
+import re
+from datetime import datetime
+
+from flask import (Blueprint, current_app, flash, g, redirect, render_template, request,
+                   url_for)
+from markupsafe import Markup
+
+from shared import errors, identity
+from shared.catalog import active, publish, schema
+from shared.catalog.flowchart import flowchart_svg
+from shared.catalog.qr import qr_svg
+from shared.staff import message_page, staff_required
+from shared.views import catalog as guide_pages
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("county_catalog", __name__, url_prefix="/admin/catalog",
+               template_folder="templates")
+
+EDITOR, APPROVER = publish.EDITOR_ROLE, publish.APPROVER_ROLE
+KIND_FIELDS = {"item": schema.ITEM_FIELDS, "agency": schema.AGENCY_FIELDS}
+KIND_NAMES = {"item": "事项", "agency": "中介机构"}
+CHANGE_NAMES = {"added": "草稿新增", "changed": "已修改", "removed": "待删除"}
+PUBLISHED_NAME = "已发布"
+
+YES, NO = "是", "否"
+CELL_SEP, ENTRY_SEP, ESCAPE = "|", "；", "\\"
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+INTEGER = re.compile(r"[+-]?\d+")
+#: Display names of choice values that are codes rather than words.
+CODE_NAMES = {"accept_tiers": schema.TIERS, "decide_tier": schema.TIERS,
+              "item_type_code": schema.ITEM_TYPES}
+
+
+# -- record <-> form text ----------------------------------------------------------------
+
+def _escape(text, specials):
+    out = []
+    for ch in text:
+        if ch == ESCAPE or ch in specials:
+            out.append(ESCAPE + ch)
+        elif ch == "\n":
+            out.append(ESCAPE + "n")
+        elif ch == "\r":
+            out.append(ESCAPE + "r")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unescape(text):
+    out, chars = [], iter(text)
+    for ch in chars:
+        if ch == ESCAPE:
+            nxt = next(chars, ESCAPE)
+            out.append({"n": "\n", "r": "\r"}.get(nxt, nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _split(text, sep):
+    """Split on ``sep`` where it is not escaped; the pieces keep their escapes."""
+    pieces, current, chars = [], [], iter(text)
+    for ch in chars:
+        if ch == ESCAPE:
+            current.append(ch + next(chars, ""))
+        elif ch == sep:
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    pieces.append("".join(current))
+    return pieces
+
+
+def _empty(value):
+    return value is None or value == "" or value == []
+
+
+def _format_cell(column, value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return YES if value else NO
+    if column.kind in ("lines", "choices") and isinstance(value, list):
+        return ENTRY_SEP.join(_escape(str(v), CELL_SEP + ENTRY_SEP) for v in value)
+    return _escape(str(value), CELL_SEP)
+
+
+def format_table(field, rows):
+    """The textarea text of a table: one line per row, cells separated by ``|``."""
+    if not isinstance(rows, list):
+        return str(rows)
+    return "\n".join(CELL_SEP.join(_format_cell(c, row.get(c.key)) for c in field.columns)
+                     for row in rows if isinstance(row, dict))
+
+
+def format_value(field, value):
+    """The form text of one value (a list of checked values for ``choices``)."""
+    if field.kind == "choices":
+        return list(value) if isinstance(value, list) else []
+    if value is None:
+        return ""
+    if field.kind == "bool" and isinstance(value, bool):
+        return YES if value else NO
+    if field.kind == "lines" and isinstance(value, list):
+        return "\n".join(str(v) for v in value)
+    if field.kind == "table":
+        return format_table(field, value)
+    return str(value)
+
+
+def form_values(fields, record):
+    """``{key: form text}`` of ``record`` for the fields of its kind."""
+    return {f.key: format_value(f, record.get(f.key)) for f in fields}
+
+
+def submitted_values(fields, form):
+    """``{key: form text}`` exactly as submitted, to show the form again."""
+    return {f.key: form.getlist(f.key) if f.kind == "choices" else form.get(f.key, "")
+            for f in fields}
+
+
+def _parse_scalar(field, text):
+    """One value from its text; text that is not of the field's kind is kept for validation
+    to name."""
+    if field.kind == "longtext":
+        return LINE_BREAK.sub("\n", text).strip()
+    text = text.strip()
+    if field.kind == "int":
+        return int(text) if INTEGER.fullmatch(text) else text
+    if field.kind == "bool":
+        return {YES: True, NO: False}.get(text, text)
+    if field.kind in ("lines", "choices"):
+        return [line.strip() for line in LINE_BREAK.split(text) if line.strip()]
+    return text
+
+
+def _parse_cell(column, raw):
+    raw = raw.strip()
+    if column.kind in ("lines", "choices"):
+        entries = [_unescape(e.strip()) for e in _split(raw, ENTRY_SEP)]
+        return [e for e in entries if e.strip()]
+    return _parse_scalar(column, _unescape(raw))
+
+
+def parse_table(field, text, errors):
+    """The rows of a table textarea; a row with too many cells becomes an error."""
+    rows = []
+    width = len(field.columns)
+    for number, line in enumerate(LINE_BREAK.split(text), 1):
+        if not line.strip():
+            continue
+        cells = _split(line, CELL_SEP)
+        if len(cells) > width:
+            errors.append(schema.FieldError(
+                field.key, f"{field.label}：第 {number} 行有 {len(cells)} 栏，应为 {width} 栏"
+                f"（用“|”分隔；文字中的“|”请写作“\\|”）"))
+            continue
+        cells += [""] * (width - len(cells))
+        row = {}
+        for column, raw in zip(field.columns, cells):
+            value = _parse_cell(column, raw)
+            if not _empty(value):
+                row[column.key] = value
+        rows.append(row)
+    return rows
+
+
+def _order_like(chosen, before, choices):
+    """Checked values in the order the record had them, new ones in the schema's order."""
+    before = before if isinstance(before, list) else []
+    kept = [v for v in before if v in chosen]
+    return kept + [v for v in chosen if v not in kept]
+
+
+def parse_form(fields, form, original=None):
+    """Read a submitted form back into a record: ``(record, errors)``.
+
+    ``errors`` holds only what cannot be read (a table row with too many cells); the
+    record still needs validating. Keys ``original`` has that the form does not show stay
+    as they were, and so does an empty value it stored (``""`` rather than absent).
+    """
+    original = original or {}
+    known = {f.key for f in fields}
+    record = {k: v for k, v in original.items() if k not in known}
+    found = []
+    for field in fields:
+        if field.kind == "choices":
+            value = _order_like(form.getlist(field.key), original.get(field.key),
+                                field.choices)
+        elif field.kind == "table":
+            value = parse_table(field, form.get(field.key, ""), found)
+        else:
+            value = _parse_scalar(field, form.get(field.key, ""))
+        if not _empty(value):
+            record[field.key] = value
+        elif field.key in original and _empty(original[field.key]):
+            record[field.key] = original[field.key]
+    return record, found
+
+
+def errors_by_field(fields, found):
+    """``{field key: [message]}``; errors of no field of the form go under ``""``."""
+    known = {f.key for f in fields}
+    grouped = {}
+    for error in found:
+        key = re.match(r"[^.\[]*", error.path).group(0)
+        grouped.setdefault(key if key in known else "", []).append(error.message)
+    return grouped
+
+
+def choice_name(field, value):
+    """How a choice value is shown: codes get their name (``county`` → 县级)."""
+    names = CODE_NAMES.get(field.key)
+    if names and value in names:
+        return f"{value} {names[value]}" if field.key == "item_type_code" else names[value]
+    return value
+
+
+def table_hint(field):
+    """The column order of a table textarea, as shown under it."""
+    parts = []
+    for column in field.columns:
+        note = "" if column.required else "（可空）"
+        if column.kind == "bool":
+            note += "（是/否）"
+        elif column.kind in ("lines", "choices"):
+            note += "（多条用“；”分隔）"
+        parts.append(column.label + note)
+    return " | ".join(parts)
+
+
+def _cell_text(column, value):
+    if isinstance(value, list):
+        return "、".join(str(v) for v in value)
+    return display_value(column, value)
+
+
+def display_value(field, value):
+    """A value as a reader sees it (plain text, lines separated by line breaks)."""
+    if _empty(value):
+        return ""
+    if isinstance(value, bool):
+        return YES if value else NO
+    if field.kind == "choices" and isinstance(value, list):
+        return "、".join(str(choice_name(field, v)) for v in value)
+    if field.kind == "choice":
+        return str(choice_name(field, value))
+    if field.kind == "lines" and isinstance(value, list):
+        return "\n".join(str(v) for v in value)
+    if field.kind == "table" and isinstance(value, list):
+        lines = []
+        for n, row in enumerate(value, 1):
+            cells = [f"{c.label}：{_cell_text(c, row.get(c.key))}" for c in field.columns
+                     if isinstance(row, dict) and not _empty(row.get(c.key))]
+            lines.append(f"{n}. " + "；".join(cells))
+        return "\n".join(lines)
+    return str(value)
+
+
+def display_rows(fields, record):
+    """``[(label, text)]`` of every field of ``record`` (empty ones included)."""
+    return [(f.label, display_value(f, record.get(f.key))) for f in fields]
+
+
+def changed_fields(kind, before, after):
+    """``[(label, before text, after text)]`` of the fields that differ."""
+    return [(f.label, display_value(f, before.get(f.key)), display_value(f, after.get(f.key)))
+            for f in KIND_FIELDS[kind] if before.get(f.key) != after.get(f.key)]
+
+
+# -- helpers of the views ------------------------------------------------------------------
+
+def _db():
+    return current_app.extensions["store"].db
+
+
+def _when(timestamp):
+    if not timestamp:
+        return ""
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+@bp.context_processor
+def _helpers():
+    return {"when": _when, "kind_names": KIND_NAMES, "change_names": CHANGE_NAMES,
+            "choice_name": choice_name, "table_hint": table_hint,
+            "EDITOR": EDITOR, "APPROVER": APPROVER}
+
+
+def _published(db, kind, record_id):
+    items, agencies = publish.published_records(db)
+    for record in (items if kind == "item" else agencies):
+        if record["id"] == record_id:
+            return record
+    return None
+
+
+def _not_found(kind, record_id):
+    return message_page(404, "未找到", f"工作目录中没有编号为 {record_id} 的{KIND_NAMES[kind]}"
+                        "（可能已标记删除）。")
+
+
+def _render_form(kind, values, found=(), record_id=None, status=200):
+    fields = KIND_FIELDS[kind]
+    grouped = errors_by_field(fields, found)
+    return render_template("county/catalog/form.html", kind=kind, fields=fields,
+                           values=values, errors=grouped, general=grouped.get("", []),
+                           record_id=record_id), status
+
+
+def _check(kind, record):
+    if kind == "item":
+        return schema.validate_item(record)
+    return schema.validate_agency(record)
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+@bp.route("/")
+@staff_required(EDITOR, APPROVER)
+def index():
+    """Every record of the working copy with its status, the release in force, the proposal."""
+    db = _db()
+    query = request.args.get("q", "").strip()
+    changes = publish.diff(db)
+    status = {(c["kind"], c["id"]): c["change"] for c in changes}
+    drafted = {(d.kind, d.record_id) for d in publish.CatalogDraft.select()}
+    items, agencies = publish.working_copy(db)
+    removed = {"item": [], "agency": []}
+    for change in changes:
+        if change["change"] == "removed":
+            removed[change["kind"]].append(change["before"])
+    listing = {}
+    for kind, records in (("item", items), ("agency", agencies)):
+        rows = []
+        for record in sorted(records + removed[kind], key=lambda r: r["id"]):
+            if query and query.lower() not in record["id"].lower() and \
+                    query not in record.get("name", ""):
+                continue
+            change = status.get((kind, record["id"]))
+            rows.append({"id": record["id"], "name": record.get("name", ""),
+                         "department": record.get("department", ""), "change": change,
+                         "status": CHANGE_NAMES.get(change, PUBLISHED_NAME),
+                         "drafted": (kind, record["id"]) in drafted})
+        listing[kind] = rows
+    counts = {name: sum(1 for c in changes if c["change"] == change)
+              for change, name in CHANGE_NAMES.items()}
+    recent = publish.ReleaseProposal.select().order_by(
+        publish.ReleaseProposal.id.desc()).limit(5)
+    return render_template("county/catalog/index.html", listing=listing, query=query,
+                           status=active.catalog_status(db), counts=counts,
+                           pending=len(changes), proposal=publish.open_proposal(),
+                           recent=list(recent))
+
+
+@bp.route("/<any(item, agency):kind>/new", methods=["GET", "POST"])
+@staff_required(EDITOR)
+def create(kind):
+    """A new record: the empty form, and saving it as a draft."""
+    fields = KIND_FIELDS[kind]
+    if request.method == "GET":
+        return _render_form(kind, form_values(fields, {}))
+    db = _db()
+    record, found = parse_form(fields, request.form)
+    found += _check(kind, record)
+    record_id = record.get("id")
+    if isinstance(record_id, str) and publish.working_record(db, kind, record_id) is not None:
+        found.append(schema.FieldError("id", f"{fields[0].label}：{record_id} 已存在，"
+                                       "请改用其他编号或编辑原有记录"))
+    if not found:
+        try:
+            publish.save_draft(db, kind, record, g.staff.username)
+        except schema.CatalogInvalid as invalid:
+            found = invalid.errors
+    if found:
+        return _render_form(kind, submitted_values(fields, request.form), found, status=422)
+    logger.info("%s drafted new %s %s", g.staff.username, kind, record_id)
+    flash(f"已保存草稿：新增{KIND_NAMES[kind]} {record_id}（{record.get('name', '')}）", "ok")
+    return redirect(url_for(".index"))
+
+
+@bp.route("/<any(item, agency):kind>/<record_id>/edit", methods=["GET", "POST"])
+@staff_required(EDITOR)
+def edit(kind, record_id):
+    """Edit a record of the working copy; saving keeps the change as a draft."""
+    fields = KIND_FIELDS[kind]
+    db = _db()
+    current = publish.working_record(db, kind, record_id)
+    if current is None:
+        return _not_found(kind, record_id)
+    if request.method == "GET":
+        return _render_form(kind, form_values(fields, current), record_id=record_id)
+    record, found = parse_form(fields, request.form, current)
+    record["id"] = record_id  # the id is not editable: a new id is a new record
+    found += _check(kind, record)
+    if found:
+        values = submitted_values(fields, request.form)
+        values["id"] = record_id
+        return _render_form(kind, values, found, record_id=record_id, status=422)
+    name = f"{KIND_NAMES[kind]} {record_id}（{record.get('name', '')}）"
+    if record == current:
+        flash(f"{name} 没有改动，未保存", "ok")
+    elif record == _published(db, kind, record_id):
+        publish.discard_draft(db, kind, record_id)
+        flash(f"{name} 已改回现行内容，草稿已撤销", "ok")
+    else:
+        try:
+            publish.save_draft(db, kind, record, g.staff.username)
+        except schema.CatalogInvalid as invalid:
+            return _render_form(kind, submitted_values(fields, request.form), invalid.errors,
+                                record_id=record_id, status=422)
+        logger.info("%s drafted a change of %s %s", g.staff.username, kind, record_id)
+        flash(f"已保存草稿：{name}", "ok")
+    return redirect(url_for(".index"))
+
+
+@bp.route("/<any(item, agency):kind>/<record_id>/remove", methods=["POST"])
+@staff_required(EDITOR)
+def remove(kind, record_id):
+    """Draft the removal of a record (a record never published just loses its draft)."""
+    db = _db()
+    if publish.working_record(db, kind, record_id) is None:
+        return _not_found(kind, record_id)
+    if _published(db, kind, record_id) is None:
+        publish.discard_draft(db, kind, record_id)
+        flash(f"已删除未发布的{KIND_NAMES[kind]}草稿 {record_id}", "ok")
+    else:
+        publish.remove_record(db, kind, record_id, g.staff.username)
+        flash(f"{KIND_NAMES[kind]} {record_id} 已标记删除，发布后生效", "ok")
+    logger.info("%s removed %s %s", g.staff.username, kind, record_id)
+    return redirect(url_for(".index"))
+
+
+@bp.route("/<any(item, agency):kind>/<record_id>/discard", methods=["POST"])
+@staff_required(EDITOR)
+def discard(kind, record_id):
+    """Drop the draft of a record; the version in force stays."""
+    db = _db()
+    exists = publish.CatalogDraft.select().where(
+        (publish.CatalogDraft.kind == kind) &
+        (publish.CatalogDraft.record_id == record_id)).exists()
+    if not exists:
+        flash(f"{KIND_NAMES[kind]} {record_id} 没有草稿，无需撤销", "error")
+    else:
+        publish.discard_draft(db, kind, record_id)
+        flash(f"已撤销 {KIND_NAMES[kind]} {record_id} 的草稿", "ok")
+    return redirect(url_for(".index"))
+
+
+def _guide_context(db, kind, record_id):
+    """What the public guide template needs, for a record of the working copy (or None).
+
+    The version shown is the one the record will get when published: the one in force if
+    the draft does not change it, the next one otherwise.
+    """
+    items, agencies = publish.working_copy(db)
+    record = next((r for r in (items if kind == "item" else agencies)
+                   if r["id"] == record_id), None)
+    if record is None or kind != "item":
+        return record, {}
+    in_force = active.active_item(db, record_id) or {}
+    published = {k: v for k, v in in_force.items()
+                 if k not in schema.PUBLISHED_KEYS + ("doc_id", "hash")}
+    version = in_force.get("version", 0) + (0 if published == record else 1)
+    page_url = ""
+    if "catalog" in current_app.blueprints:
+        page_url = url_for("catalog.item", item_id=record_id, _external=True)
+    guide = {
+        "item": {**record, "version": version},
+        "sections": guide_pages.guide_sections(record, {a["id"]: a for a in agencies}),
+        "flowchart": Markup(flowchart_svg(record.get("process_steps") or [],
+                                          title=record["name"])),
+        "qr": Markup(qr_svg(page_url)) if page_url else "",
+        "page_url": page_url or "（发布后生成）",
+        "catalog": {"release": None, "date": None, "failed": False},
+    }
+    return record, guide
+
+
+@bp.route("/<any(item, agency):kind>/<record_id>/preview")
+@staff_required(EDITOR, APPROVER)
+def preview(kind, record_id):
+    """The record of the working copy as a citizen would read it, then every field."""
+    record, guide = _guide_context(_db(), kind, record_id)
+    if record is None:
+        return _not_found(kind, record_id)
+    return render_template("county/catalog/preview.html", kind=kind, record=record,
+                           guide=guide, rows=display_rows(KIND_FIELDS[kind], record))
+
+
+def _render_diff(found=(), refused=None, note="", status=200):
+    changes = publish.diff(_db())
+    for change in changes:
+        if change["change"] == "changed":
+            change["rows"] = changed_fields(change["kind"], change["before"], change["after"])
+    return render_template("county/catalog/diff.html", changes=changes, found=list(found),
+                           refused=refused, note=note,
+                           proposal=publish.open_proposal()), status
+
+
+@bp.route("/diff")
+@staff_required(EDITOR, APPROVER)
+def diff():
+    """The working copy against the release in force, field by field."""
+    return _render_diff()
+
+
+@bp.route("/propose", methods=["POST"])
+@staff_required(EDITOR)
+def propose():
+    """Freeze the working copy as the next release, to be approved by someone else."""
+    note = request.form.get("note", "").strip()
+    try:
+        proposal = publish.propose(_db(), g.staff.username, note)
+    except schema.CatalogInvalid as invalid:
+        return _render_diff(found=invalid.errors, note=note, status=422)
+    except publish.PublishRefused as refused:
+        return _render_diff(refused=refused.reason, note=note, status=409)
+    flash(f"已提交第 {proposal.number} 号发布，等待审批人员审批", "ok")
+    return redirect(url_for(".proposal", proposal_id=proposal.id))
+
+
+def _render_proposal(proposal, refused=None, reason="", status=200):
+    return render_template("county/catalog/proposal.html", proposal=proposal,
+                           changes=proposal.change_list(), refused=refused, reason=reason,
+                           status=active.catalog_status(_db())), status
+
+
+def _get_proposal(proposal_id):
+    return publish.ReleaseProposal.get_or_none(publish.ReleaseProposal.id == proposal_id)
+
+
+@bp.route("/proposals/<int:proposal_id>")
+@staff_required(EDITOR, APPROVER)
+def proposal(proposal_id):
+    """A proposal: its frozen change list, who proposed it, and what became of it."""
+    found = _get_proposal(proposal_id)
+    if found is None:
+        return message_page(404, "未找到", "没有这个发布申请。")
+    return _render_proposal(found)
+
+
+def _decide(proposal_id, action, **form):
+    """Run ``action(proposal)``; a refusal shows the proposal again with its message."""
+    found = _get_proposal(proposal_id)
+    if found is None:
+        return None, message_page(404, "未找到", "没有这个发布申请。")
+    try:
+        return action(found), None
+    except errors.TongbanError as refused:
+        logger.info("%s refused on proposal %s: %s", g.staff.username, proposal_id,
+                    refused.reason)
+        return None, _render_proposal(_get_proposal(proposal_id), refused=refused.reason,
+                                      status=409, **form)
+
+
+@bp.route("/proposals/<int:proposal_id>/approve", methods=["POST"])
+@staff_required(APPROVER)
+def approve(proposal_id):
+    """Approve and sign a proposal with the county key: the release is published."""
+    def sign(found):
+        node_dir = current_app.config.get("NODE_DIR")
+        try:
+            key = identity.load_private_key(node_dir) if node_dir else None
+        except errors.ConfigurationError as exc:
+            logger.error("county key unreadable: %s", exc.reason)
+            raise publish.PublishRefused("本节点的县级签名密钥无法读取，不能签发目录；"
+                                         "请检查节点目录中的密钥文件") from exc
+        store = current_app.extensions["store"]
+        return publish.approve(store, found.id, g.staff.username, key)
+
+    release, refusal = _decide(proposal_id, sign)
+    if refusal is not None:
+        return refusal
+    number = active.active_number(_db())
+    state = "已生效" if number == release["number"] else "尚未生效，请查看目录状态"
+    flash(f"第 {release['number']} 号发布已签发（{state}）", "ok")
+    return redirect(url_for(".proposal", proposal_id=proposal_id))
+
+
+@bp.route("/proposals/<int:proposal_id>/reject", methods=["POST"])
+@staff_required(APPROVER)
+def reject(proposal_id):
+    """Send a proposal back with a reason; the drafts stay."""
+    reason = request.form.get("reason", "")
+    done, refusal = _decide(proposal_id, lambda found: publish.reject(
+        found.id, g.staff.username, reason), reason=reason)
+    if refusal is not None:
+        return refusal
+    flash(f"已退回第 {done.number} 号发布", "ok")
+    return redirect(url_for(".proposal", proposal_id=proposal_id))
+
+
+@bp.route("/proposals/<int:proposal_id>/withdraw", methods=["POST"])
+@staff_required(EDITOR, APPROVER)
+def withdraw(proposal_id):
+    """The proposer takes the proposal back to go on editing."""
+    done, refusal = _decide(proposal_id, lambda found: publish.withdraw(
+        found.id, g.staff.username))
+    if refusal is not None:
+        return refusal
+    flash(f"已撤回第 {done.number} 号发布申请", "ok")
+    return redirect(url_for(".proposal", proposal_id=proposal_id))
+
+
+def init_app(app):
+    """Register the catalog authoring pages under ``/admin/catalog``."""
+    app.register_blueprint(bp)

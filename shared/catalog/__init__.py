@@ -1,0 +1,1 @@
+"""The regional catalog: item schema, signed releases, activation, authoring, transfer."""

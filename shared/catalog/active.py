@@ -1,0 +1,436 @@
+"""The catalog in force at this node: activation of signed releases and the tables read by
+the public pages, search and acceptance.
+
+:class:`CatalogActivation` is a store projection. Whenever a write brings a release, an item
+or an agency document, it tries the newest release above the active one: the signature must
+verify with a county key this node holds and every listed document must be present with the
+listed hash. Only then are the verified contents copied into ``catalog_item`` /
+``catalog_agency`` (and the search index) in the same transaction. Anything else leaves the
+last good release active and is recorded: ``waiting`` while listed documents have not
+arrived, ``failed`` (an alarm) when a release is tampered, unsigned, signed by another key or
+an old one replayed. Pages never read ``item:`` documents directly, so a document changed
+after activation cannot reach a citizen either (it raises an alarm instead).
+"""
+
+import json
+import logging
+import time
+
+from shared import errors
+from shared.catalog import release as rel
+
+logger = logging.getLogger(__name__)
+
+OK, NONE, WAITING, FAILED, UNVERIFIABLE = "ok", "none", "waiting", "failed", "unverifiable"
+STATE_NAMES = {OK: "已生效", NONE: "尚未收到目录", WAITING: "等待同步",
+               FAILED: "验证失败", UNVERIFIABLE: "无法验证"}
+FACETS = ("department", "life_event", "audience")
+ALARM_KEEP = 200
+SUMMARY_COLUMNS = ("item_id", "doc_id", "version", "name", "department", "item_type",
+                   "handling_type", "promised", "decide_tier")
+
+
+def _now():
+    return time.time()
+
+
+class CatalogActivation:
+    """Projection activating verified releases (see the module docstring).
+
+    :param store: the store it belongs to (to read listed documents inside the write).
+    :param trusted_keys: ``{key_id: public key base64}``; empty on a node not enrolled.
+    """
+
+    tables = [
+        """CREATE TABLE IF NOT EXISTS catalog_item (
+            item_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL, version INTEGER NOT NULL,
+            hash TEXT NOT NULL, name TEXT NOT NULL, department TEXT NOT NULL,
+            item_type TEXT NOT NULL, handling_type TEXT NOT NULL, promised INTEGER NOT NULL,
+            decide_tier TEXT NOT NULL, body TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS catalog_agency (
+            agency_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL, version INTEGER NOT NULL,
+            hash TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS catalog_facet (
+            item_id TEXT NOT NULL, facet TEXT NOT NULL, value TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS catalog_facet_value ON catalog_facet (facet, value)",
+        # trigram: finds any run of 3+ characters, which is what Chinese partial words need
+        # (there are no spaces to split words on); shorter queries fall back to LIKE.
+        """CREATE VIRTUAL TABLE IF NOT EXISTS catalog_fts USING fts5(
+            item_id UNINDEXED, name, content, tokenize='trigram')""",
+        """CREATE TABLE IF NOT EXISTS catalog_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1), number INTEGER NOT NULL,
+            doc_id TEXT NOT NULL, time TEXT NOT NULL, key_id TEXT NOT NULL,
+            item_count INTEGER NOT NULL, agency_count INTEGER NOT NULL,
+            activated_at REAL NOT NULL, verify_seconds REAL)""",
+        """CREATE TABLE IF NOT EXISTS catalog_check (
+            id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, message TEXT,
+            number INTEGER, checked_at REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS catalog_alarm (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, doc_id TEXT NOT NULL,
+            rev TEXT, message TEXT NOT NULL, UNIQUE (doc_id, rev, message))""",
+    ]
+
+    def __init__(self, store, trusted_keys):
+        self.store = store
+        self.trusted_keys = dict(trusted_keys)
+
+    def reset(self, db):
+        """Forget the active release before a rebuild (reindex activates it again)."""
+        for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts",
+                      "catalog_state", "catalog_check"):
+            db.execute_sql(f"DELETE FROM {table}")
+
+    def apply(self, db, docs):
+        """Check the catalog documents among ``docs``; activate a newer release if it holds."""
+        touched = [(doc_id, doc) for doc_id, doc in docs
+                   if doc_id.startswith((rel.RELEASE_PREFIX, rel.ITEM_PREFIX,
+                                         rel.AGENCY_PREFIX))]
+        if not touched:
+            return None
+        try:
+            self._watch_active(db, touched)
+            if any(d.startswith(rel.RELEASE_PREFIX) for d, _ in touched) or \
+                    self._candidates(db):
+                self.activate(db, {d: doc for d, doc in touched if doc is not None})
+        except Exception:  # never let the catalog block replication of everything else
+            logger.exception("catalog activation failed")
+            _record_check(db, FAILED, "目录验证时出现内部错误，详见日志", None)
+        return None
+
+    # -- checks -------------------------------------------------------------------------
+
+    def _watch_active(self, db, touched):
+        """Alarm when a document of the active release changes after activation."""
+        ids = [d for d, _ in touched if not d.startswith(rel.RELEASE_PREFIX)]
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        active = dict(db.execute_sql(
+            f"SELECT doc_id, hash FROM catalog_item WHERE doc_id IN ({marks}) UNION ALL "
+            f"SELECT doc_id, hash FROM catalog_agency WHERE doc_id IN ({marks})",
+            ids + ids).fetchall())
+        for doc_id, doc in touched:
+            if doc_id in active and (doc is None or rel.content_hash(doc) != active[doc_id]):
+                _alarm(db, doc_id, doc, f"已生效的 {doc_id} 被改动或删除；继续使用签名时的内容")
+
+    def _candidates(self, db):
+        """Release document ids above the active number, newest first."""
+        active = active_number(db)
+        rows = db.execute_sql(
+            "SELECT id FROM document WHERE id > ? AND id < ? AND deleted = 0",
+            (rel.RELEASE_PREFIX, rel.RELEASE_PREFIX[:-1] + ";")).fetchall()
+        numbered = []
+        for (doc_id,) in rows:
+            match = rel.RELEASE_ID.fullmatch(doc_id)
+            number = int(match.group(1)) if match else None
+            if number is None or number > active:
+                numbered.append((number or 0, doc_id))
+        return [doc_id for _, doc_id in sorted(numbered, reverse=True)]
+
+    def _load(self, doc_id):
+        try:
+            return self.store.get(doc_id)
+        except errors.NotFound:
+            return None
+
+    def _listed(self, db, entries, written, texts):
+        """The documents ``entries`` name: from the verified active catalog when the entry
+        is unchanged (a copy tampered with after activation cannot block the next
+        release), otherwise as this node holds them (``written``: the winners this very
+        write brought, which need no second read).
+
+        :returns: ``(listed, verified ids)``; ``texts`` gets the stored JSON of the
+            verified ones.
+        """
+        verified = {}
+        for doc_id, digest, body in db.execute_sql(
+                "SELECT doc_id, hash, body FROM catalog_item UNION ALL "
+                "SELECT doc_id, hash, body FROM catalog_agency").fetchall():
+            verified[doc_id] = (digest, body)
+        listed, trusted = {}, set()
+        for entry in entries:
+            known = verified.get(entry["id"])
+            if known is not None and known[0] == entry["hash"]:
+                listed[entry["id"]] = json.loads(known[1])
+                texts[entry["id"]] = known[1]
+                trusted.add(entry["id"])
+            elif entry["id"] in written:
+                listed[entry["id"]] = written[entry["id"]]
+            else:
+                listed[entry["id"]] = self._load(entry["id"])
+        return listed, trusted
+
+    def activate(self, db, written=None):
+        """Activate the newest release above the active one that holds; record the outcome.
+
+        :param written: ``{doc_id: doc}`` of the documents the current write brought.
+
+        :returns: the number activated, or None.
+        """
+        candidates = self._candidates(db)
+        if not candidates:
+            if active_number(db) == 0:
+                _record_check(db, NONE, "尚未收到任何目录发布", None)
+            return None
+        if not self.trusted_keys:
+            _record_check(db, UNVERIFIABLE, "本站没有县级公钥（未登记），无法验证目录发布", None)
+            return None
+        outcome = None
+        for doc_id in candidates:
+            started = time.perf_counter()
+            release = (written or {}).get(doc_id) or self._load(doc_id)
+            if release is not None:
+                release = dict(release, _id=doc_id)
+            if release is None:
+                continue
+            try:
+                rel.check_signature(release, self.trusted_keys)
+                texts = {}
+                listed, verified = self._listed(db, release["entries"], written or {}, texts)
+                rel.check_contents(release, listed, verified=verified, texts=texts)
+            except rel.ReleaseRefused as refused:
+                if refused.missing:
+                    outcome = outcome or (WAITING, str(refused), release.get("number"))
+                else:
+                    _alarm(db, doc_id, release, str(refused))
+                    outcome = outcome or (FAILED, str(refused), release.get("number"))
+                continue
+            _install(db, release, listed, texts, started)
+            logger.info("catalog release %s active (%d documents)", release["number"],
+                        len(listed))
+            if outcome is None:
+                _record_check(db, OK, f"第 {release['number']} 号发布已生效", release["number"])
+            else:
+                _record_check(db, *outcome)
+            return release["number"]
+        if outcome:
+            _record_check(db, *outcome)
+        return None
+
+
+def _alarm(db, doc_id, doc, message):
+    rev = doc.get("_rev") if isinstance(doc, dict) else None
+    cursor = db.execute_sql(
+        "INSERT OR IGNORE INTO catalog_alarm (at, doc_id, rev, message) VALUES (?, ?, ?, ?)",
+        (_now(), doc_id, rev, message))
+    if cursor.rowcount:
+        logger.warning("catalog alarm: %s", message)
+        db.execute_sql("DELETE FROM catalog_alarm WHERE id <= "
+                       "(SELECT MAX(id) FROM catalog_alarm) - ?", (ALARM_KEEP,))
+
+
+def _record_check(db, state, message, number):
+    db.execute_sql(
+        "INSERT OR REPLACE INTO catalog_check (id, state, message, number, checked_at) "
+        "VALUES (1, ?, ?, ?, ?)", (state, message, number, _now()))
+
+
+def _search_text(item):
+    parts = [item["name"], item["department"], item["implementing_body"],
+             item["item_type"], *item["accept_conditions"], *item["legal_basis"],
+             *(m["name"] for m in item["materials"]), *item["life_events"],
+             *item["audiences"], item.get("notes") or ""]
+    return "\n".join(parts)
+
+
+def _install(db, release, listed, texts, started):
+    """Replace the active catalog with the verified documents of ``release``.
+
+    :param texts: the canonical JSON of each document by id (hashed moments ago).
+    """
+    conn = db.connection()
+    for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts"):
+        conn.execute(f"DELETE FROM {table}")
+    items, agencies = [], []
+    for entry in release["entries"]:
+        doc = rel.content_of(listed[entry["id"]])
+        text = texts.get(entry["id"]) or json.dumps(doc, ensure_ascii=False)
+        if doc.get("type") == "item":
+            items.append((entry, doc, text))
+        else:
+            agencies.append((entry, doc, text))
+    conn.executemany(
+        "INSERT INTO catalog_item VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(d["id"], e["id"], e["version"], e["hash"], d["name"], d["department"],
+          d["item_type"], d["handling_type"], d["promised_time_limit"], d["decide_tier"],
+          text) for e, d, text in items])
+    conn.executemany("INSERT INTO catalog_agency VALUES (?, ?, ?, ?, ?, ?)",
+                     [(d["id"], e["id"], e["version"], e["hash"], d["name"], text)
+                      for e, d, text in agencies])
+    items = [(e, d) for e, d, _ in items]
+    conn.executemany("INSERT INTO catalog_fts (item_id, name, content) VALUES (?, ?, ?)",
+                     [(d["id"], d["name"], _search_text(d)) for _, d in items])
+    facets = []
+    for _, d in items:
+        facets.append((d["id"], "department", d["department"]))
+        facets.extend((d["id"], "life_event", v) for v in d["life_events"])
+        facets.extend((d["id"], "audience", v) for v in d["audiences"])
+    conn.executemany("INSERT INTO catalog_facet VALUES (?, ?, ?)", facets)
+    conn.execute(
+        "INSERT OR REPLACE INTO catalog_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (release["number"], release["_id"], release["time"], release["key_id"], len(items),
+         len(agencies), _now(), time.perf_counter() - started))
+
+
+# -- reading the catalog in force ------------------------------------------------------------
+
+def active_number(db):
+    """The number of the active release (0 when none is)."""
+    row = db.execute_sql("SELECT number FROM catalog_state WHERE id = 1").fetchone()
+    return row[0] if row else 0
+
+
+def active_release(db):
+    """The active release's figures, or None."""
+    row = db.execute_sql(
+        "SELECT number, doc_id, time, key_id, item_count, agency_count, activated_at, "
+        "verify_seconds FROM catalog_state WHERE id = 1").fetchone()
+    if row is None:
+        return None
+    keys = ("number", "doc_id", "time", "key_id", "item_count", "agency_count", "activated_at",
+            "verify_seconds")
+    return dict(zip(keys, row))
+
+
+def catalog_status(db, alarms=5):
+    """Active release, verification state and recent alarms (CLI, status page, status doc)."""
+    row = db.execute_sql(
+        "SELECT state, message, number, checked_at FROM catalog_check WHERE id = 1").fetchone()
+    state, message, number, checked_at = row if row else (NONE, "尚未收到任何目录发布", None, None)
+    recent = db.execute_sql(
+        "SELECT at, doc_id, message FROM catalog_alarm ORDER BY id DESC LIMIT ?",
+        (alarms,)).fetchall()
+    return {
+        "active": active_release(db),
+        "state": state,
+        "state_name": STATE_NAMES.get(state, state),
+        "message": message,
+        "release": number,
+        "checked_at": checked_at,
+        "alarms": [{"at": at, "doc_id": d, "message": m} for at, d, m in recent],
+    }
+
+
+def _summaries(cursor):
+    return [dict(zip(SUMMARY_COLUMNS, row)) for row in cursor.fetchall()]
+
+
+def active_items(db, facet=None, value=None):
+    """Summaries of the items in force, optionally those with ``facet`` = ``value``."""
+    columns = ",".join(f"i.{c}" for c in SUMMARY_COLUMNS)
+    if facet is None:
+        return _summaries(db.execute_sql(f"SELECT {columns} FROM catalog_item i ORDER BY i.item_id"))
+    if facet not in FACETS:
+        raise ValueError(f"unknown facet {facet!r}")
+    return _summaries(db.execute_sql(
+        f"SELECT {columns} FROM catalog_item i JOIN catalog_facet f ON f.item_id = i.item_id "
+        "WHERE f.facet = ? AND f.value = ? ORDER BY i.item_id", (facet, value)))
+
+
+def active_item(db, item_id):
+    """The full item in force (with ``doc_id``, ``version`` and ``hash``), or None."""
+    row = db.execute_sql("SELECT doc_id, version, hash, body FROM catalog_item WHERE item_id = ?",
+                         (item_id,)).fetchone()
+    if row is None:
+        return None
+    item = json.loads(row[3])
+    item.update(doc_id=row[0], version=row[1], hash=row[2])
+    return item
+
+
+def active_item_map(db, item_ids):
+    """``{item_id: full item}`` of the given items in force, in one query (lists, search)."""
+    item_ids = list(item_ids)
+    result = {}
+    for start in range(0, len(item_ids), 500):
+        chunk = item_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for item_id, doc_id, version, digest, body in db.execute_sql(
+                "SELECT item_id, doc_id, version, hash, body FROM catalog_item "
+                f"WHERE item_id IN ({marks})", chunk).fetchall():
+            item = json.loads(body)
+            item.update(doc_id=doc_id, version=version, hash=digest)
+            result[item_id] = item
+    return result
+
+
+def active_agencies(db):
+    """Every intermediary agency in force, by id."""
+    rows = db.execute_sql("SELECT body FROM catalog_agency ORDER BY agency_id").fetchall()
+    return [json.loads(body) for (body,) in rows]
+
+
+def facet_counts(db):
+    """``{facet: [(value, count)]}`` of the items in force."""
+    result = {facet: [] for facet in FACETS}
+    for facet, value, count in db.execute_sql(
+            "SELECT facet, value, COUNT(*) FROM catalog_facet GROUP BY facet, value "
+            "ORDER BY facet, COUNT(*) DESC, value").fetchall():
+        result[facet].append((value, count))
+    return result
+
+
+def _search_where(query):
+    """``(where, params, words, long_words)`` of a query, or None when it has no words."""
+    words = [w for w in (query or "").split() if w][:8]
+    if not words:
+        return None
+    long_words = [w for w in words if len(w) >= 3]
+    where, params = [], []
+    if long_words:
+        where.append("catalog_fts MATCH ?")
+        params.append(" AND ".join('"' + w.replace('"', '""') + '"' for w in long_words))
+    for word in (w for w in words if len(w) < 3):
+        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append("(s.name LIKE ? ESCAPE '\\' OR s.content LIKE ? ESCAPE '\\')")
+        params.extend([f"%{escaped}%"] * 2)
+    return " AND ".join(where), params, words, long_words
+
+
+def search_count(db, query):
+    """How many items in force match ``query`` (see :func:`search`)."""
+    parsed = _search_where(query)
+    if parsed is None:
+        return 0
+    where, params, _, _ = parsed
+    return db.execute_sql(f"SELECT COUNT(*) FROM catalog_fts s WHERE {where}",
+                          params).fetchone()[0]
+
+
+def search(db, query, limit=50, offset=0):
+    """Items in force matching every word of ``query`` (partial Chinese words included).
+
+    Words of three or more characters use the trigram index; shorter ones (a two-character
+    Chinese word such as 低保) a LIKE over the same text, which is fine for a catalog's
+    size. Results rank names above other text.
+    """
+    parsed = _search_where(query)
+    if parsed is None:
+        return []
+    where, params, words, long_words = parsed
+    columns = ",".join(f"i.{c}" for c in SUMMARY_COLUMNS)
+    name_hit = " + ".join(["(instr(s.name, ?) > 0)"] * len(words))
+    sql = (f"SELECT {columns}, snippet(catalog_fts, 2, '【', '】', '…', 12) FROM catalog_fts s "
+           f"JOIN catalog_item i ON i.item_id = s.item_id WHERE {where} "
+           f"ORDER BY ({name_hit}) DESC, i.item_id LIMIT ? OFFSET ?")
+    rows = db.execute_sql(sql, params + words + [limit, offset]).fetchall()
+    results = []
+    for row in rows:
+        summary = dict(zip(SUMMARY_COLUMNS, row[:-1]))
+        summary["snippet"] = row[-1] if long_words else ""
+        results.append(summary)
+    return results
+
+
+def trusted_keys(config):
+    """``{key_id: public key}`` of the county keys a node verifies releases with.
+
+    ``COUNTY_PUBLIC_KEY`` plus ``CATALOG_TRUSTED_KEYS`` (a list: during a key rotation both
+    the old and the new key verify).
+    """
+    keys = [config.get("COUNTY_PUBLIC_KEY"), *(config.get("CATALOG_TRUSTED_KEYS") or [])]
+    result = {}
+    for key in keys:
+        if key:
+            result[rel.key_id(key)] = key
+    return result

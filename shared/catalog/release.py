@@ -1,0 +1,180 @@
+"""Signed catalog releases: published documents, their hashes, signing and checking.
+
+Documents (all immutable once written; a new version is a new document):
+
+* ``item:<item id>@<version>`` — one version of a service item: the schema's fields plus
+  ``type: "item"`` and ``version``.
+* ``catalog:agency:<agency id>@<version>`` — one version of an intermediary agency.
+* ``release:<number, 6 digits>`` — the release: ``number``, ``time``, ``key_id``,
+  ``proposed_by``, ``approved_by`` and ``entries`` (``id``, ``version``, ``hash`` of each
+  listed document), with ``signature``: the county's Ed25519 signature of the canonical
+  JSON of all of those (see :func:`signed_bytes`).
+
+A document's hash is the SHA-256 of the canonical JSON of its content (every member except
+those starting with ``_``), so a relaying node cannot change a single character unnoticed.
+"""
+
+import hashlib
+import re
+
+from shared import identity
+
+ITEM_PREFIX = "item:"
+AGENCY_PREFIX = "catalog:agency:"
+RELEASE_PREFIX = "release:"
+RELEASE_ID = re.compile(r"release:(\d{6})")
+VERSIONED_ID = re.compile(r"(item:|catalog:agency:)([A-Za-z0-9][A-Za-z0-9-]*)@([1-9]\d*)")
+#: Members of a release that its signature covers, besides ``entries``.
+SIGNED_MEMBERS = ("number", "time", "key_id", "proposed_by", "approved_by")
+
+
+class ReleaseRefused(ValueError):
+    """A release that must not be activated; the message says why, in Chinese."""
+
+    def __init__(self, message, *, missing=()):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
+def content_of(doc):
+    """A document's content: every member except ``_id``, ``_rev`` and other ``_`` members."""
+    return {k: v for k, v in doc.items() if not k.startswith("_")}
+
+
+def content_hash(doc, texts=None):
+    """Hex SHA-256 of the canonical JSON of ``doc``'s content.
+
+    :param texts: a dict to keep the canonical JSON text in, under the document's ``_id``
+        (activation stores it instead of serialising the content again).
+    """
+    canonical = identity.canonical_json(content_of(doc))
+    if texts is not None:
+        texts[doc.get("_id")] = canonical.decode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def key_id(public_key_b64):
+    """A short, stable name of a public key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(identity.unb64(public_key_b64)).hexdigest()[:16]
+
+
+def item_doc_id(item_id, version):
+    """The document id of version ``version`` of item ``item_id``."""
+    return f"{ITEM_PREFIX}{item_id}@{version}"
+
+
+def agency_doc_id(agency_id, version):
+    """The document id of version ``version`` of intermediary agency ``agency_id``."""
+    return f"{AGENCY_PREFIX}{agency_id}@{version}"
+
+
+def release_doc_id(number):
+    """The document id of release ``number``."""
+    return f"{RELEASE_PREFIX}{number:06d}"
+
+
+def parse_versioned_id(doc_id):
+    """``(kind, record id, version)`` of an item or agency document id, or None."""
+    match = VERSIONED_ID.fullmatch(doc_id)
+    if not match:
+        return None
+    kind = "item" if match.group(1) == ITEM_PREFIX else "agency"
+    return kind, match.group(2), int(match.group(3))
+
+
+def published_doc(kind, record, version):
+    """The document publishing ``record`` (an item or agency) as ``version``."""
+    body = dict(record)
+    body["type"] = kind
+    body["version"] = version
+    doc_id = item_doc_id(record["id"], version) if kind == "item" else \
+        agency_doc_id(record["id"], version)
+    return {"_id": doc_id, **body}
+
+
+def signed_bytes(release):
+    """The canonical bytes a release's signature covers."""
+    payload = {key: release.get(key) for key in SIGNED_MEMBERS}
+    payload["entries"] = release.get("entries")
+    payload["type"] = "release"
+    return identity.canonical_json(payload)
+
+
+def sign_release(private_key, *, number, time, entries, proposed_by, approved_by):
+    """A complete, signed release document.
+
+    :param entries: ``[{"id", "version", "hash"}]`` of every published document the
+        release consists of; sorted by id here so the signed text is canonical.
+    """
+    public = identity.b64(identity.public_key_bytes(private_key))
+    release = {
+        "_id": release_doc_id(number),
+        "type": "release",
+        "number": number,
+        "time": time,
+        "key_id": key_id(public),
+        "proposed_by": proposed_by,
+        "approved_by": approved_by,
+        "entries": sorted(({"id": e["id"], "version": e["version"], "hash": e["hash"]}
+                           for e in entries), key=lambda e: e["id"]),
+    }
+    release["signature"] = identity.sign(private_key, signed_bytes(release))
+    return release
+
+
+def check_signature(release, trusted_keys):
+    """Raise :class:`ReleaseRefused` unless ``release`` is well formed and signed by a
+    trusted key.
+
+    :param trusted_keys: ``{key_id: public key base64}`` of the county keys this node holds.
+    """
+    doc_id = release.get("_id", "")
+    if release.get("type") != "release":
+        raise ReleaseRefused(f"{doc_id} 不是目录发布文档")
+    number = release.get("number")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise ReleaseRefused(f"{doc_id} 的发布号无效")
+    if doc_id != release_doc_id(number):
+        raise ReleaseRefused(f"{doc_id} 的内容是第 {number} 号发布（旧发布被重放或编号被改动）")
+    if not release.get("signature"):
+        raise ReleaseRefused(f"第 {number} 号发布没有签名")
+    public = trusted_keys.get(release.get("key_id"))
+    if public is None:
+        raise ReleaseRefused(f"第 {number} 号发布的签名密钥（{release.get('key_id')}）不是本县的密钥")
+    if not identity.verify(public, signed_bytes(release), release["signature"]):
+        raise ReleaseRefused(f"第 {number} 号发布的签名验证失败（内容被改动或签名被替换）")
+    entries = release.get("entries")
+    if not isinstance(entries, list) or not entries:
+        raise ReleaseRefused(f"第 {number} 号发布没有列出任何事项")
+    seen = set()
+    for entry in entries:
+        parsed = parse_versioned_id(entry.get("id", "")) if isinstance(entry, dict) else None
+        if parsed is None or parsed[2] != entry.get("version") or \
+                not isinstance(entry.get("hash"), str):
+            raise ReleaseRefused(f"第 {number} 号发布的清单格式错误：{entry!r}")
+        if parsed[:2] in seen:
+            raise ReleaseRefused(f"第 {number} 号发布重复列出 {parsed[1]}")
+        seen.add(parsed[:2])
+
+
+def check_contents(release, docs, verified=(), texts=None):
+    """Raise :class:`ReleaseRefused` unless every listed document is present with its hash.
+
+    :param docs: ``{doc_id: doc or None}`` of every entry's document as this node holds it.
+    :param verified: ids whose document was taken from content already verified against
+        this very hash (not hashed again).
+    :param texts: filled with the canonical JSON of every document hashed, by id.
+    :raises ReleaseRefused: with ``missing`` set when documents have not arrived (yet);
+        without it when a document is there but differs from what was signed.
+    """
+    number = release["number"]
+    changed = [e["id"] for e in release["entries"]
+               if e["id"] not in verified and docs.get(e["id"]) is not None
+               and content_hash(dict(docs[e["id"]], _id=e["id"]), texts) != e["hash"]]
+    if changed:
+        raise ReleaseRefused(f"第 {number} 号发布中 {len(changed)} 个事项与签名时的内容不一致"
+                             f"（被篡改）：{'、'.join(changed[:5])}")
+    missing = [e["id"] for e in release["entries"] if docs.get(e["id"]) is None]
+    if missing:
+        raise ReleaseRefused(f"第 {number} 号发布还缺 {len(missing)} 个事项，等待同步："
+                             f"{'、'.join(missing[:5])}", missing=missing)
