@@ -322,7 +322,8 @@ def run(args, workdir):
     logger.info("building %d nodes (%d townships × %d villages, + 1 real village) in %s",
                 len(nodes), args.townships, args.villages, workdir)
     region_key = build_region(
-        nodes, settings={"SYNC_REQUEST_TIMEOUT": args.request_timeout},
+        nodes, settings={"SYNC_REQUEST_TIMEOUT": args.request_timeout,
+                         **({"SYNC_INTERVAL": args.sync_interval} if args.sync_interval else {})},
         progress=lambda done, total: logger.info("  %d/%d node directories", done, total))
     log_dir = workdir / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -457,6 +458,8 @@ def main():
                         "share two cores, so a request that takes 0.3 s on a township's own "
                         "machine can take a minute here, and a timed-out request is work "
                         "thrown away and done again)")
+    parser.add_argument("--sync-interval", type=float,
+                        help="SYNC_INTERVAL of every node (default: the product's 30 s)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds each phase may take")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary "

@@ -16,7 +16,9 @@ PRAGMAS = {
     "synchronous": "normal",
     "foreign_keys": 1,
     "busy_timeout": 30000,
-    "cache_size": -32000,
+    # 8 MiB of page cache per connection (serve and syncd each hold several): a village
+    # PC's whole catalog and cases fit, and taking in a release does not grow the process.
+    "cache_size": -8000,
     "temp_store": "memory",
 }
 

@@ -193,3 +193,49 @@ def test_a_failing_projection_rolls_back_the_document(store):
     with pytest.raises(RuntimeError):
         store.put({"_id": "x", "type": "item"})
     assert store.doc_count() == 0 and store.update_seq() == 0
+
+
+def test_waiters_on_another_process_writes_share_one_poller(tmp_path):
+    """Twenty longpolls on one store (a township's villages) are woken by a write made
+    through another connection, as syncd's writes are, with one poller thread between
+    them; the poller ends when nobody waits any more."""
+    import threading
+
+    path = tmp_path / "shared.sqlite"
+    serving, writer = Store(path), Store(path)  # two connections: two processes' worth
+    try:
+        since = serving.update_seq()
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(
+            serving.wait_for_change(since, 30.0))) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        while serving._waiting < 20:
+            threading.Event().wait(0.01)
+        pollers = [t for t in threading.enumerate() if t.name.startswith("write-poll-")]
+        assert len(pollers) == 1
+        writer.put({"_id": "case:1", "type": "case"})
+        for thread in threads:
+            thread.join(10.0)
+        assert results == [True] * 20
+        pollers[0].join(5.0)
+        assert not pollers[0].is_alive() and serving._poller is None
+        # Nothing new: a waiter times out with False.
+        assert serving.wait_for_change(serving.update_seq(), 0.3) is False
+    finally:
+        serving.close()
+        writer.close()
+
+
+def test_winners_reads_the_live_winning_contents_at_once(store):
+    store.put({"_id": "a", "v": 1})
+    rev = store.put({"_id": "b", "v": 1})
+    store.put({"_id": "b", "_rev": rev, "v": 2})
+    gone = store.put({"_id": "c", "v": 1})
+    store.put({"_id": "c", "_rev": gone, "_deleted": True})
+    # A conflict: the winner is the higher revision id, as get() says.
+    store.bulk_docs([{"_id": "d", "_rev": "1-aaaa", "v": "low"},
+                     {"_id": "d", "_rev": "1-ffff", "v": "high"}], new_edits=False)
+    found = store.winners(["a", "b", "c", "d", "missing", *[f"x{n}" for n in range(600)]])
+    assert found == {"a": {"v": 1}, "b": {"v": 2}, "d": {"v": "high"}}
+    assert found["d"] == {k: v for k, v in store.get("d").items() if not k.startswith("_")}

@@ -353,8 +353,9 @@ class Region:
         config_path = self.child_dir / "tongban.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         # A round every 5 minutes: only the longpoll and the write trigger can explain a
-        # document arriving within seconds. A short cap keeps the reconnect test short.
-        config.update(SYNC_INTERVAL=300, SYNC_MAX_BACKOFF=3)
+        # document arriving within seconds. A short cap keeps the reconnect test short;
+        # short longpolls show an idle link confirmed without rounds.
+        config.update(SYNC_INTERVAL=300, SYNC_MAX_BACKOFF=3, SYNC_LONGPOLL_TIMEOUT=2)
         config_path.write_text(json.dumps(config), encoding="utf-8")
         self.child = nodeproc.start_node(self.child_dir, create=False)
         self.syncd = None
@@ -419,6 +420,20 @@ def test_changes_flow_both_ways_without_waiting_for_the_interval(region):
     eventually(lambda: region.parent_has(f"status:{VILLAGE}"), "status document upstream")
     page = requests.get(f"{region.parent.url}/sync/status").text
     assert "下级节点同步情况" in page and VILLAGE in page and "在线" in page
+
+
+def test_an_idle_link_is_confirmed_by_its_longpoll_without_rounds(region):
+    """Nothing changes anywhere: no round runs (the interval is 5 minutes), yet each
+    longpoll the parent answers with nothing new moves the last success forward, so the
+    county never sees a healthy idle village as lagging."""
+    first = region.status_when(lambda s: s["state"] == "up", "link up")
+    rounds = region.syncd.log().count("replication ")
+    second = region.status_when(lambda s: s["last_success"] > first["last_success"] + 1.5,
+                                "the last success moves on while idle")
+    region.status_when(lambda s: s["last_success"] > second["last_success"] + 1.5,
+                       "and again")
+    # Two confirmations; at most one round (a status document may be pushed) meanwhile.
+    assert region.syncd.log().count("replication ") - rounds <= 2
 
 
 def test_parent_down_shows_offline_then_converges_when_it_returns(region):

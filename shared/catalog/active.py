@@ -26,6 +26,8 @@ STATE_NAMES = {OK: "已生效", NONE: "尚未收到目录", WAITING: "等待同�
                FAILED: "验证失败", UNVERIFIABLE: "无法验证"}
 FACETS = ("department", "life_event", "audience")
 ALARM_KEEP = 200
+#: Listed documents checked and installed together (bounds the memory of an activation).
+VERIFY_CHUNK = 200
 SUMMARY_COLUMNS = ("item_id", "doc_id", "version", "name", "department", "item_type",
                    "handling_type", "promised", "decide_tier")
 
@@ -57,6 +59,10 @@ class CatalogActivation:
         # (there are no spaces to split words on); shorter queries fall back to LIKE.
         """CREATE VIRTUAL TABLE IF NOT EXISTS catalog_fts USING fts5(
             item_id UNINDEXED, name, content, tokenize='trigram')""",
+        # Documents of a release being verified, before they are installed: an activation
+        # holds one chunk in memory, not the whole catalog.
+        """CREATE TABLE IF NOT EXISTS catalog_stage (
+            doc_id TEXT PRIMARY KEY, body TEXT NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS catalog_state (
             id INTEGER PRIMARY KEY CHECK (id = 1), number INTEGER NOT NULL,
             doc_id TEXT NOT NULL, time TEXT NOT NULL, key_id TEXT NOT NULL,
@@ -77,7 +83,7 @@ class CatalogActivation:
     def reset(self, db):
         """Forget the active release before a rebuild (reindex activates it again)."""
         for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts",
-                      "catalog_state", "catalog_check"):
+                      "catalog_stage", "catalog_state", "catalog_check"):
             db.execute_sql(f"DELETE FROM {table}")
 
     def apply(self, db, docs):
@@ -133,32 +139,55 @@ class CatalogActivation:
         except errors.NotFound:
             return None
 
-    def _listed(self, db, entries, written, texts):
-        """The documents ``entries`` name: from the verified active catalog when the entry
-        is unchanged (a copy tampered with after activation cannot block the next
-        release), otherwise as this node holds them (``written``: the winners this very
-        write brought, which need no second read).
+    def _verify(self, db, release, written):
+        """Check every listed document against its hash, a chunk at a time (a village PC
+        never holds a whole catalog's documents decoded at once).
 
-        :returns: ``(listed, verified ids)``; ``texts`` gets the stored JSON of the
-            verified ones.
+        Entries unchanged since the last activation are taken from the verified tables (a
+        copy tampered with after activation cannot block the next release); the others
+        from ``written`` (the winners this very write brought) or the store.
+
+        Verified documents are staged in ``catalog_stage`` (canonical JSON) for
+        :func:`_install`; nothing is staged when the release is refused.
+
+        :raises ReleaseRefused: a listed document differs from what was signed, or is
+            missing.
         """
-        verified = {}
-        for doc_id, digest, body in db.execute_sql(
-                "SELECT doc_id, hash, body FROM catalog_item UNION ALL "
-                "SELECT doc_id, hash, body FROM catalog_agency").fetchall():
-            verified[doc_id] = (digest, body)
-        listed, trusted = {}, set()
-        for entry in entries:
-            known = verified.get(entry["id"])
-            if known is not None and known[0] == entry["hash"]:
-                listed[entry["id"]] = json.loads(known[1])
-                texts[entry["id"]] = known[1]
-                trusted.add(entry["id"])
-            elif entry["id"] in written:
-                listed[entry["id"]] = written[entry["id"]]
-            else:
-                listed[entry["id"]] = self._load(entry["id"])
-        return listed, trusted
+        conn = db.connection()
+        conn.execute("DELETE FROM catalog_stage")
+        changed, missing = [], []
+        entries = release["entries"]
+        for start in range(0, len(entries), VERIFY_CHUNK):
+            chunk = entries[start:start + VERIFY_CHUNK]
+            ids = [e["id"] for e in chunk]
+            marks = ",".join("?" * len(ids))
+            known = {doc_id: (digest, body) for doc_id, digest, body in db.execute_sql(
+                f"SELECT doc_id, hash, body FROM catalog_item WHERE doc_id IN ({marks}) "
+                f"UNION ALL SELECT doc_id, hash, body FROM catalog_agency "
+                f"WHERE doc_id IN ({marks})", ids + ids).fetchall()}
+            unread = [e["id"] for e in chunk if e["id"] not in written and
+                      known.get(e["id"], (None,))[0] != e["hash"]]
+            held = self.store.winners(unread)
+            staged = []
+            for entry in chunk:
+                doc_id = entry["id"]
+                if known.get(doc_id, (None,))[0] == entry["hash"]:
+                    staged.append((doc_id, known[doc_id][1]))
+                    continue
+                doc = written.get(doc_id) if doc_id in written else held.get(doc_id)
+                if doc is None:
+                    missing.append(doc_id)
+                    continue
+                text = rel.verified_text(entry, doc)
+                if text is None:
+                    changed.append(doc_id)
+                else:
+                    staged.append((doc_id, text))
+            if not (changed or missing):
+                conn.executemany("INSERT OR REPLACE INTO catalog_stage VALUES (?, ?)", staged)
+        if changed or missing:
+            conn.execute("DELETE FROM catalog_stage")
+        rel.refuse_contents(release, changed, missing)
 
     def activate(self, db, written=None):
         """Activate the newest release above the active one that holds; record the outcome.
@@ -185,9 +214,7 @@ class CatalogActivation:
                 continue
             try:
                 rel.check_signature(release, self.trusted_keys)
-                texts = {}
-                listed, verified = self._listed(db, release["entries"], written or {}, texts)
-                rel.check_contents(release, listed, verified=verified, texts=texts)
+                self._verify(db, release, written or {})
             except rel.ReleaseRefused as refused:
                 if refused.missing:
                     outcome = outcome or (WAITING, str(refused), release.get("number"))
@@ -195,9 +222,9 @@ class CatalogActivation:
                     _alarm(db, doc_id, release, str(refused))
                     outcome = outcome or (FAILED, str(refused), release.get("number"))
                 continue
-            _install(db, release, listed, texts, started)
+            _install(db, release, started)
             logger.info("catalog release %s active (%d documents)", release["number"],
-                        len(listed))
+                        len(release["entries"]))
             if outcome is None:
                 _record_check(db, OK, f"第 {release['number']} 号发布已生效", release["number"])
             else:
@@ -233,43 +260,47 @@ def _search_text(item):
     return "\n".join(parts)
 
 
-def _install(db, release, listed, texts, started):
-    """Replace the active catalog with the verified documents of ``release``.
-
-    :param texts: the canonical JSON of each document by id (hashed moments ago).
-    """
+def _install(db, release, started):
+    """Replace the active catalog with the verified documents of ``release``, staged in
+    ``catalog_stage`` by :meth:`CatalogActivation._verify` (read a chunk at a time)."""
     conn = db.connection()
     for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts"):
         conn.execute(f"DELETE FROM {table}")
-    items, agencies = [], []
-    for entry in release["entries"]:
-        doc = rel.content_of(listed[entry["id"]])
-        text = texts.get(entry["id"]) or json.dumps(doc, ensure_ascii=False)
-        if doc.get("type") == "item":
-            items.append((entry, doc, text))
-        else:
-            agencies.append((entry, doc, text))
-    conn.executemany(
-        "INSERT INTO catalog_item VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(d["id"], e["id"], e["version"], e["hash"], d["name"], d["department"],
-          d["item_type"], d["handling_type"], d["promised_time_limit"], d["decide_tier"],
-          text) for e, d, text in items])
-    conn.executemany("INSERT INTO catalog_agency VALUES (?, ?, ?, ?, ?, ?)",
-                     [(d["id"], e["id"], e["version"], e["hash"], d["name"], text)
-                      for e, d, text in agencies])
-    items = [(e, d) for e, d, _ in items]
-    conn.executemany("INSERT INTO catalog_fts (item_id, name, content) VALUES (?, ?, ?)",
-                     [(d["id"], d["name"], _search_text(d)) for _, d in items])
-    facets = []
-    for _, d in items:
-        facets.append((d["id"], "department", d["department"]))
-        facets.extend((d["id"], "life_event", v) for v in d["life_events"])
-        facets.extend((d["id"], "audience", v) for v in d["audiences"])
-    conn.executemany("INSERT INTO catalog_facet VALUES (?, ?, ?)", facets)
+    items = agencies = 0
+    entries = release["entries"]
+    for start in range(0, len(entries), VERIFY_CHUNK):
+        chunk = entries[start:start + VERIFY_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        texts = dict(conn.execute(f"SELECT doc_id, body FROM catalog_stage WHERE doc_id IN "
+                                  f"({marks})", [e["id"] for e in chunk]).fetchall())
+        item_rows, agency_rows, search_rows, facets = [], [], [], []
+        for entry in chunk:
+            text = texts[entry["id"]]
+            d = json.loads(text)
+            if d.get("type") != "item":
+                agency_rows.append((d["id"], entry["id"], entry["version"], entry["hash"],
+                                    d["name"], text))
+                continue
+            item_rows.append((d["id"], entry["id"], entry["version"], entry["hash"], d["name"],
+                              d["department"], d["item_type"], d["handling_type"],
+                              d["promised_time_limit"], d["decide_tier"], text))
+            search_rows.append((d["id"], d["name"], _search_text(d)))
+            facets.append((d["id"], "department", d["department"]))
+            facets.extend((d["id"], "life_event", v) for v in d["life_events"])
+            facets.extend((d["id"], "audience", v) for v in d["audiences"])
+        conn.executemany("INSERT INTO catalog_item VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         item_rows)
+        conn.executemany("INSERT INTO catalog_agency VALUES (?, ?, ?, ?, ?, ?)", agency_rows)
+        conn.executemany("INSERT INTO catalog_fts (item_id, name, content) VALUES (?, ?, ?)",
+                         search_rows)
+        conn.executemany("INSERT INTO catalog_facet VALUES (?, ?, ?)", facets)
+        items += len(item_rows)
+        agencies += len(agency_rows)
+    conn.execute("DELETE FROM catalog_stage")
     conn.execute(
         "INSERT OR REPLACE INTO catalog_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (release["number"], release["_id"], release["time"], release["key_id"], len(items),
-         len(agencies), _now(), time.perf_counter() - started))
+        (release["number"], release["_id"], release["time"], release["key_id"], items,
+         agencies, _now(), time.perf_counter() - started))
 
 
 # -- reading the catalog in force ------------------------------------------------------------

@@ -41,16 +41,9 @@ def content_of(doc):
     return {k: v for k, v in doc.items() if not k.startswith("_")}
 
 
-def content_hash(doc, texts=None):
-    """Hex SHA-256 of the canonical JSON of ``doc``'s content.
-
-    :param texts: a dict to keep the canonical JSON text in, under the document's ``_id``
-        (activation stores it instead of serialising the content again).
-    """
-    canonical = identity.canonical_json(content_of(doc))
-    if texts is not None:
-        texts[doc.get("_id")] = canonical.decode("utf-8")
-    return hashlib.sha256(canonical).hexdigest()
+def content_hash(doc):
+    """Hex SHA-256 of the canonical JSON of ``doc``'s content."""
+    return hashlib.sha256(identity.canonical_json(content_of(doc))).hexdigest()
 
 
 def key_id(public_key_b64):
@@ -157,24 +150,24 @@ def check_signature(release, trusted_keys):
         seen.add(parsed[:2])
 
 
-def check_contents(release, docs, verified=(), texts=None):
-    """Raise :class:`ReleaseRefused` unless every listed document is present with its hash.
+def verified_text(entry, doc):
+    """The canonical JSON text of ``doc`` when its hash is ``entry``'s, else None."""
+    canonical = identity.canonical_json(content_of(doc))
+    if hashlib.sha256(canonical).hexdigest() != entry["hash"]:
+        return None
+    return canonical.decode("utf-8")
 
-    :param docs: ``{doc_id: doc or None}`` of every entry's document as this node holds it.
-    :param verified: ids whose document was taken from content already verified against
-        this very hash (not hashed again).
-    :param texts: filled with the canonical JSON of every document hashed, by id.
-    :raises ReleaseRefused: with ``missing`` set when documents have not arrived (yet);
-        without it when a document is there but differs from what was signed.
+
+def refuse_contents(release, changed, missing):
+    """Raise :class:`ReleaseRefused` for listed documents that differ or are missing.
+
+    :raises ReleaseRefused: without ``missing`` when a document is there but differs from
+        what was signed (tampered); with it when documents have not arrived (yet).
     """
     number = release["number"]
-    changed = [e["id"] for e in release["entries"]
-               if e["id"] not in verified and docs.get(e["id"]) is not None
-               and content_hash(dict(docs[e["id"]], _id=e["id"]), texts) != e["hash"]]
     if changed:
         raise ReleaseRefused(f"第 {number} 号发布中 {len(changed)} 个事项与签名时的内容不一致"
                              f"（被篡改）：{'、'.join(changed[:5])}")
-    missing = [e["id"] for e in release["entries"] if docs.get(e["id"]) is None]
     if missing:
         raise ReleaseRefused(f"第 {number} 号发布还缺 {len(missing)} 个事项，等待同步："
                              f"{'、'.join(missing[:5])}", missing=missing)
