@@ -49,7 +49,7 @@ DEFAULTS = {
     "SYNC_REQUEST_TIMEOUT": 60.0,
     # Documents per replication batch: 200 of ~4 KB catalog items keep a village's syncd
     # under ~90 MiB while it takes in a whole catalog (500 cost ~15 MiB more at its peak).
-    "SYNC_BATCH_SIZE": 200,
+    "SYNC_BATCH_SIZE": 100,
     "UPSTREAM_URL": None,
 }
 

@@ -301,3 +301,16 @@ def test_search_results_come_in_pages_of_twenty(county):
     assert len(shown) == total  # every match is on one of the pages, none twice
     beyond = client.get("/catalog/search", query_string={"q": "证", "page": 99})
     assert "第 2 / 2 页" in beyond.get_data(as_text=True)
+
+
+def test_reindex_rebuilds_the_catalog_in_force_from_the_documents(county):
+    release_one(county)
+    db, store = db_of(county), county.extensions["store"]
+    before = active.catalog_status(db)["active"]
+    db.execute_sql("DELETE FROM catalog_item")  # a damaged query table
+    store.reindex()
+    after = active.catalog_status(db)["active"]
+    assert (after["number"], after["item_count"], after["agency_count"]) == \
+        (before["number"], 25, 3)
+    assert [s["name"] for s in active.search(db, "宅基地")] == [
+        "农村村民宅基地申请（宅基地和建房规划许可审批）"]

@@ -59,10 +59,6 @@ class CatalogActivation:
         # (there are no spaces to split words on); shorter queries fall back to LIKE.
         """CREATE VIRTUAL TABLE IF NOT EXISTS catalog_fts USING fts5(
             item_id UNINDEXED, name, content, tokenize='trigram')""",
-        # Documents of a release being verified, before they are installed: an activation
-        # holds one chunk in memory, not the whole catalog.
-        """CREATE TABLE IF NOT EXISTS catalog_stage (
-            doc_id TEXT PRIMARY KEY, body TEXT NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS catalog_state (
             id INTEGER PRIMARY KEY CHECK (id = 1), number INTEGER NOT NULL,
             doc_id TEXT NOT NULL, time TEXT NOT NULL, key_id TEXT NOT NULL,
@@ -83,7 +79,7 @@ class CatalogActivation:
     def reset(self, db):
         """Forget the active release before a rebuild (reindex activates it again)."""
         for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts",
-                      "catalog_stage", "catalog_state", "catalog_check"):
+                      "catalog_state", "catalog_check"):
             db.execute_sql(f"DELETE FROM {table}")
 
     def apply(self, db, docs):
@@ -143,50 +139,26 @@ class CatalogActivation:
         """Check every listed document against its hash, a chunk at a time (a village PC
         never holds a whole catalog's documents decoded at once).
 
-        Entries unchanged since the last activation are taken from the verified tables (a
-        copy tampered with after activation cannot block the next release); the others
-        from ``written`` (the winners this very write brought) or the store.
-
-        Verified documents are staged in ``catalog_stage`` (canonical JSON) for
-        :func:`_install`; nothing is staged when the release is refused.
+        Entries already in force with the same document and hash are not checked again
+        (a copy tampered with after activation cannot block the next release); the others
+        come from ``written`` (the winners this very write brought) or the store.
 
         :raises ReleaseRefused: a listed document differs from what was signed, or is
             missing.
         """
-        conn = db.connection()
-        conn.execute("DELETE FROM catalog_stage")
+        in_force = _in_force(db)
         changed, missing = [], []
-        entries = release["entries"]
+        entries = [e for e in release["entries"] if in_force.get(e["id"]) != e["hash"]]
         for start in range(0, len(entries), VERIFY_CHUNK):
             chunk = entries[start:start + VERIFY_CHUNK]
-            ids = [e["id"] for e in chunk]
-            marks = ",".join("?" * len(ids))
-            known = {doc_id: (digest, body) for doc_id, digest, body in db.execute_sql(
-                f"SELECT doc_id, hash, body FROM catalog_item WHERE doc_id IN ({marks}) "
-                f"UNION ALL SELECT doc_id, hash, body FROM catalog_agency "
-                f"WHERE doc_id IN ({marks})", ids + ids).fetchall()}
-            unread = [e["id"] for e in chunk if e["id"] not in written and
-                      known.get(e["id"], (None,))[0] != e["hash"]]
-            held = self.store.winners(unread)
-            staged = []
+            held = self.store.winners(e["id"] for e in chunk if e["id"] not in written)
             for entry in chunk:
                 doc_id = entry["id"]
-                if known.get(doc_id, (None,))[0] == entry["hash"]:
-                    staged.append((doc_id, known[doc_id][1]))
-                    continue
                 doc = written.get(doc_id) if doc_id in written else held.get(doc_id)
                 if doc is None:
                     missing.append(doc_id)
-                    continue
-                text = rel.verified_text(entry, doc)
-                if text is None:
+                elif rel.verified_text(entry, doc) is None:
                     changed.append(doc_id)
-                else:
-                    staged.append((doc_id, text))
-            if not (changed or missing):
-                conn.executemany("INSERT OR REPLACE INTO catalog_stage VALUES (?, ?)", staged)
-        if changed or missing:
-            conn.execute("DELETE FROM catalog_stage")
         rel.refuse_contents(release, changed, missing)
 
     def activate(self, db, written=None):
@@ -222,7 +194,7 @@ class CatalogActivation:
                     _alarm(db, doc_id, release, str(refused))
                     outcome = outcome or (FAILED, str(refused), release.get("number"))
                 continue
-            _install(db, release, started)
+            _install(db, self.store, release, started)
             logger.info("catalog release %s active (%d documents)", release["number"],
                         len(release["entries"]))
             if outcome is None:
@@ -260,19 +232,43 @@ def _search_text(item):
     return "\n".join(parts)
 
 
-def _install(db, release, started):
-    """Replace the active catalog with the verified documents of ``release``, staged in
-    ``catalog_stage`` by :meth:`CatalogActivation._verify` (read a chunk at a time)."""
+def _in_force(db):
+    """``{doc_id: hash}`` of every document of the release in force."""
+    return dict(db.execute_sql("SELECT doc_id, hash FROM catalog_item UNION ALL "
+                               "SELECT doc_id, hash FROM catalog_agency").fetchall())
+
+
+def _forget_search(conn, item_ids):
+    """Drop the search and browse rows of ``item_ids`` (one pass over each table: the
+    search index cannot look its rows up by item id)."""
+    if item_ids:
+        marks = ",".join("?" * len(item_ids))
+        conn.execute(f"DELETE FROM catalog_fts WHERE item_id IN ({marks})", item_ids)
+        conn.execute(f"DELETE FROM catalog_facet WHERE item_id IN ({marks})", item_ids)
+
+
+def _install(db, store, release, started):
+    """Make the verified documents of ``release`` the catalog in force.
+
+    Only what changed is touched: rows of documents the release no longer lists go, the
+    documents new to it are read (their stored JSON, a chunk at a time) and added.
+    """
     conn = db.connection()
-    for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts"):
-        conn.execute(f"DELETE FROM {table}")
-    items = agencies = 0
-    entries = release["entries"]
-    for start in range(0, len(entries), VERIFY_CHUNK):
-        chunk = entries[start:start + VERIFY_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        texts = dict(conn.execute(f"SELECT doc_id, body FROM catalog_stage WHERE doc_id IN "
-                                  f"({marks})", [e["id"] for e in chunk]).fetchall())
+    listed = {e["id"]: e for e in release["entries"]}
+    for table, key in (("catalog_item", "item_id"), ("catalog_agency", "agency_id")):
+        stale = [row for row in conn.execute(f"SELECT {key}, doc_id FROM {table}").fetchall()
+                 if row[1] not in listed]
+        for start in range(0, len(stale), 500):
+            ids = [record_id for record_id, _ in stale[start:start + 500]]
+            conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in ids])
+            if table == "catalog_item":
+                _forget_search(conn, ids)
+    in_force = _in_force(db)
+    new = [e for e in release["entries"] if e["id"] not in in_force]
+    for start in range(0, len(new), VERIFY_CHUNK):
+        chunk = new[start:start + VERIFY_CHUNK]
+        # The stored JSON as it is (written moments ago or earlier): no encoding again.
+        texts = store.winner_texts(e["id"] for e in chunk)
         item_rows, agency_rows, search_rows, facets = [], [], [], []
         for entry in chunk:
             text = texts[entry["id"]]
@@ -288,15 +284,16 @@ def _install(db, release, started):
             facets.append((d["id"], "department", d["department"]))
             facets.extend((d["id"], "life_event", v) for v in d["life_events"])
             facets.extend((d["id"], "audience", v) for v in d["audiences"])
-        conn.executemany("INSERT INTO catalog_item VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         item_rows)
-        conn.executemany("INSERT INTO catalog_agency VALUES (?, ?, ?, ?, ?, ?)", agency_rows)
+        conn.executemany("INSERT OR REPLACE INTO catalog_item VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", item_rows)
+        conn.executemany("INSERT OR REPLACE INTO catalog_agency VALUES (?, ?, ?, ?, ?, ?)",
+                         agency_rows)
+        _forget_search(conn, [row[0] for row in item_rows])
         conn.executemany("INSERT INTO catalog_fts (item_id, name, content) VALUES (?, ?, ?)",
                          search_rows)
         conn.executemany("INSERT INTO catalog_facet VALUES (?, ?, ?)", facets)
-        items += len(item_rows)
-        agencies += len(agency_rows)
-    conn.execute("DELETE FROM catalog_stage")
+    items = conn.execute("SELECT COUNT(*) FROM catalog_item").fetchone()[0]
+    agencies = conn.execute("SELECT COUNT(*) FROM catalog_agency").fetchone()[0]
     conn.execute(
         "INSERT OR REPLACE INTO catalog_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
         (release["number"], release["_id"], release["time"], release["key_id"], items,

@@ -375,6 +375,10 @@ class Store:
 
         The content is the stored body decoded: no ``_id``, ``_rev`` or other meta members.
         """
+        return {doc_id: json.loads(text) for doc_id, text in self.winner_texts(doc_ids).items()}
+
+    def winner_texts(self, doc_ids):
+        """``{doc_id: stored JSON text}`` of the live winning revisions of ``doc_ids``."""
         doc_ids = list(doc_ids)
         heads = []
         for start in range(0, len(doc_ids), 500):
@@ -384,7 +388,7 @@ class Store:
                 f"SELECT id, rev FROM document WHERE deleted = 0 AND id IN ({marks})",
                 chunk).fetchall())
         bodies = self._bodies_many([list(head) for head in heads])
-        return {doc_id: json.loads(bodies[(doc_id, rev)]) for doc_id, rev in heads
+        return {doc_id: bodies[(doc_id, rev)] for doc_id, rev in heads
                 if (doc_id, rev) in bodies}
 
     def _bodies_many(self, pairs):
