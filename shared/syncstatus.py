@@ -110,6 +110,14 @@ class LinkStatusTable:
                 "(SELECT value FROM json_each(?))",
                 (now, _json_list(links)))
 
+    def confirm(self, link, now):
+        """Record a successful contact of ``link`` at ``now`` if its row says it is up (a
+        single statement: a row saved meanwhile by a failing round is never overwritten)."""
+        with self.db.atomic():
+            self.db.execute_sql(
+                "UPDATE sync_link SET last_success = ? WHERE link = ? AND state = 'up' "
+                "AND (last_success IS NULL OR last_success < ?)", (now, link, now))
+
     def remove_except(self, links):
         """Forget rows of links that are no longer configured."""
         with self.db.atomic():

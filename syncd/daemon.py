@@ -548,8 +548,11 @@ class SyncDaemon:
             if link.state != "up":
                 return
             now = self.clock()
-            link.row["last_success"] = now
-        self._save(link, now)
+            link.row["last_success"] = max(now, link.row.get("last_success") or 0)
+        try:
+            self.table.confirm(link.name, now)
+        except Exception:
+            logger.exception("%s link: cannot record the contact", link.name)
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from county import catalog_views
-from county.catalog_views import form_values, parse_form
+from shared.catalog.forms import form_values, parse_form
 from shared import staff
 from shared.catalog import active, publish, schema
 from shared.catalog.sample import sample_catalog
