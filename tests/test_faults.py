@@ -504,18 +504,26 @@ def test_parent_down_while_both_sides_write_converges_when_it_returns(pair):
 # -- (c) a link that drops, truncates and delays answers -------------------------------------
 
 
+def sync_through(pair, proxy, *, pulled):
+    """Point the township at ``proxy``, seed ``pulled`` items at the county and 1,000 cases
+    at the township, start syncd; returns ``(items, cases)``, all of which must end up on
+    both sides."""
+    nodeproc.update_config(pair.town_dir, PARENT_URL=proxy.url)
+    items = [item(f"item:P{n:05d}", n) for n in range(pulled)]
+    cases = [town_case("20261122", n) for n in range(1, 1001)]
+    seed(pair.county_dir, items)
+    seed(pair.town_dir, cases)
+    pair.start_syncd()
+    return items, cases
+
+
 def test_a_link_that_drops_truncates_and_delays_answers_never_damages_a_store(pair):
     pair = pair(**FAST_SYNC, SYNC_BATCH_SIZE=100, SYNC_REQUEST_TIMEOUT=10,
                 SYNC_LONGPOLL_TIMEOUT=5)
     proxy = FaultProxy(pair.county_port, seed=SEED, drop=0.04, truncate=0.04, delay=0.1,
                        max_delay=0.5)
     try:
-        nodeproc.update_config(pair.town_dir, PARENT_URL=proxy.url)
-        pulled = [item(f"item:P{n:05d}", n) for n in range(2000)]
-        pushed = [town_case("20261122", n) for n in range(1, 1001)]
-        seed(pair.county_dir, pulled)
-        seed(pair.town_dir, pushed)
-        pair.start_syncd()
+        pulled, pushed = sync_through(pair, proxy, pulled=2000)
         expected = [d["_id"] for d in pulled + pushed]
 
         def converged():
@@ -615,12 +623,7 @@ def test_an_answer_cut_short_is_retried_never_taken_for_an_empty_one(
     proxy = AnswerCutter(pair.county_port, seed=SEED, cut=cut, paths=paths,
                          keep_status=keep_status)
     try:
-        nodeproc.update_config(pair.town_dir, PARENT_URL=proxy.url)
-        pulled = [item(f"item:P{n:05d}", n) for n in range(300)]
-        pushed = [town_case("20261122", n) for n in range(1, 1001)]
-        seed(pair.county_dir, pulled)
-        seed(pair.town_dir, pushed)
-        pair.start_syncd()
+        pulled, pushed = sync_through(pair, proxy, pulled=300)
         expected = [d["_id"] for d in pulled + pushed]
 
         def converged():
