@@ -8,6 +8,7 @@ import atexit
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,22 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_block(count, low=20000, high=32000):
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range.
+
+    A block taken from the ephemeral range (where ``free_port`` draws) can be half taken
+    by an outgoing connection between the check and the bind, which made the demo test flaky.
+    """
+    from shared.demo import port_free
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high - count)
+        if all(port_free(base + offset) for offset in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports between {low} and {high}")
 
 
 def tongban(*args, input_text=None, check=True, cwd=None):

@@ -10,7 +10,7 @@ import requests
 from click.testing import CliRunner
 
 from shared.cli import main
-from tests.nodeproc import free_port, start_node, tongban
+from tests.nodeproc import free_port_block, start_node, tongban
 
 
 @pytest.fixture
@@ -183,9 +183,7 @@ def _demo(region, base_port):
 def test_demo_brings_the_catalog_to_every_node(tmp_path):
     from shared.demo import REVISION_SUFFIX, port_free
 
-    base_port = free_port()
-    while base_port > 64000:
-        base_port = free_port()
+    base_port = free_port_block(7)
     region = tmp_path / "region"
     returncode, stdout, stderr = _demo(region, base_port)
     assert returncode == 0, stdout + stderr
