@@ -10,6 +10,7 @@ from shared import db as dbmod
 from shared.errors import ConfigurationError
 from shared.models import MODELS, migrate
 from shared.catalog import publish
+from shared.cases.index import CaseIndex
 from shared.catalog.active import CatalogActivation, trusted_keys
 from shared.hlc import ClockObserver
 from shared.lookup import CaseApplicants
@@ -39,11 +40,19 @@ def open_store(config):
     store.add_projection(ClockObserver())
     store.add_projection(CaseParties())
     store.add_projection(CatalogActivation(store, trusted_keys(config)))
+    store.add_projection(CaseIndex(work_calendar(config)))
     dbmod.database.initialize(store.db)
     store.db.create_tables(MODELS, safe=True)
     migrate(store.db)
     publish.create_tables(store.db)
     return store
+
+
+def work_calendar(config):
+    """The node's working-day calendar (the county's overrides come with issue 6)."""
+    from shared.workdays import WorkCalendar
+
+    return WorkCalendar()
 
 
 def create_app(config=None, node_dir=None):

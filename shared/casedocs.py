@@ -18,7 +18,11 @@ from shared.hlc import format_hlc, parse_hlc
 
 #: The kinds of case events (issue 5 may add more).
 EVENT_KINDS = ("accepted", "notice", "supplemented", "transferred", "joined", "assigned",
-               "approved", "rejected", "delivered", "rated", "complained")
+               "approved", "rejected", "delivered", "rated", "complained", "preapplied",
+               "attached", "forwarded", "opinion", "supplement_requested",
+               "delivery_changed", "complaint_handled", "commitment_checked", "withdrawn",
+               # efficiency supervision (issue 6)
+               "card", "followed_up", "extended", "clock_stopped", "clock_resumed")
 #: Members a builder sets itself; ``**fields`` may not override them.
 EVENT_MEMBERS = ("type", "case", "kind", "node", "hlc", "parties")
 CASE_MEMBERS = ("type", "number", "item", "origin", "handler", "applicant_key", "hlc")

@@ -274,7 +274,10 @@ def _read_password():
 @click.option("--scope", default="*", show_default=True, metavar="CODE|*",
               help="What a replicator account may replicate: what the node CODE may, or "
                    "everything (*).")
-def user_add(node_dir, name, roles, scope):
+@click.option("--full-name", default="", help="The staff member's name, shown to citizens.")
+@click.option("--phone", "office_phone", default="", help="Office phone, shown to citizens.")
+@click.option("--department", default="", help="Department (parallel handling).")
+def user_add(node_dir, name, roles, scope, full_name, office_phone, department):
     """Create an account; the password is read from the terminal or one line of stdin."""
     from shared.models import FULL_SCOPE, Account, hash_password
 
@@ -288,7 +291,9 @@ def user_add(node_dir, name, roles, scope):
     password = _read_password()
     Account.create(username=name, password_hash=hash_password(password),
                    roles=",".join(dict.fromkeys(roles)), scope=scope,
-                   created=datetime.datetime.now(datetime.timezone.utc))
+                   created=datetime.datetime.now(datetime.timezone.utc),
+                   full_name=full_name.strip(), office_phone=office_phone.strip(),
+                   department=department.strip())
     app.extensions["store"].close()
     where = "everything" if scope == FULL_SCOPE else f"the scope of node {scope}"
     click.echo(f"account {name} created with role {', '.join(roles)}, replicating {where}")
@@ -523,6 +528,40 @@ def catalog_status(node_dir, as_json):
     click.echo(f"verification {status['state']} ({status['state_name']}): {status['message']}")
     for alarm in status["alarms"]:
         click.echo(f"alarm        {format_time(alarm['at'])} {alarm['message']}")
+
+
+@main.group()
+def audit():
+    """The audit log of staff views of personal data."""
+
+
+@audit.command("verify")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def audit_verify(ctx, node_dir, as_json):
+    """Check the node's audit log: every entry's MAC, the chain and both copies of its
+    head. Exits 1 when anything was edited, removed, inserted or reordered."""
+    from shared import audit as audit_log
+
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        report = audit_log.verify_node(node_dir, store.db)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report._asdict(), ensure_ascii=False, indent=2))
+    elif report.ok:
+        click.echo(f"audit log intact: {report.entries} entries")
+    else:
+        for problem in report.problems:
+            click.echo(problem)
+        click.echo(f"audit log NOT intact ({report.entries} entries checked)")
+    if not report.ok:
+        ctx.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

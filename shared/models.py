@@ -53,6 +53,11 @@ class Account(BaseModel):
     #: What a replicator account may replicate: a node code (exactly what that node
     #: may) or ``*`` (everything). See docs/sync.md, "Scopes".
     scope = CharField(default=FULL_SCOPE)
+    #: What citizens read on a case's progress page beside each step.
+    full_name = CharField(default="")
+    office_phone = CharField(default="")
+    #: The staff member's department (parallel handling: who gives which opinion).
+    department = CharField(default="")
 
     @property
     def role_list(self):
@@ -70,3 +75,7 @@ def migrate(db):
         # Accounts made before scopes existed keep seeing everything, as they did.
         db.execute_sql("ALTER TABLE account ADD COLUMN scope VARCHAR(255) NOT NULL "
                        f"DEFAULT '{FULL_SCOPE}'")
+    for column in ("full_name", "office_phone", "department"):
+        if columns and column not in columns:
+            db.execute_sql(f"ALTER TABLE account ADD COLUMN {column} VARCHAR(255) NOT NULL "
+                           "DEFAULT ''")

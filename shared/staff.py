@@ -208,6 +208,9 @@ class Staff:
     username: str
     roles: tuple
     csrf_token: str = field(repr=False)
+    full_name: str = ""
+    office_phone: str = ""
+    department: str = ""
 
     def has_role(self, *roles):
         """True when this member holds at least one of ``roles`` (none are implied)."""
@@ -294,7 +297,9 @@ def load_staff():
         g._staff_clear_cookie = True
         return None
     StaffSession.update(last_seen=at).where(StaffSession.id == session.id).execute()
-    return Staff(username=session.username, roles=roles, csrf_token=session.csrf_token)
+    return Staff(username=session.username, roles=roles, csrf_token=session.csrf_token,
+                 full_name=account.full_name, office_phone=account.office_phone,
+                 department=account.department)
 
 
 def current_staff():

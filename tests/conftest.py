@@ -37,11 +37,16 @@ def make_county(path, **overrides):
     return app
 
 
-def add_account(app, username, password, roles=("replicator",)):
-    """Create an account on ``app``'s node."""
+def add_account(app, username, password, roles=("replicator",), **fields):
+    """Create an account on ``app``'s node (``fields``: full_name, office_phone, …)."""
+    from shared import db as dbmod
+
     with app.app_context():
+        # Several apps may live in one test: bind the models to this one's store.
+        dbmod.database.initialize(app.extensions["store"].db)
         return Account.create(username=username, password_hash=hash_password(password),
-                              roles=",".join(roles), created=datetime.now(timezone.utc))
+                              roles=",".join(roles), created=datetime.now(timezone.utc),
+                              **fields)
 
 
 def basic_auth(username, password):

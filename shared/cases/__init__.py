@@ -1,0 +1,1 @@
+"""Cases: materials, appointments and the workflow of a citizen's application."""

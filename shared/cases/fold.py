@@ -1,0 +1,405 @@
+"""A case's state is the fold of its events (DESIGN.md, Documents).
+
+:func:`fold` is a pure function of the header and the events: it sorts the events in
+causal order (``casedocs.events_in_order``: HLC, then node, then id) and applies them one
+by one to a state machine. Every node that holds the same documents therefore computes the
+same state, whatever order they arrived in, and since nothing is edited in place two
+stations acting on one case while cut off from each other never conflict: each writes its
+own event, and the fold decides. An event that does not fit the state it meets (a second
+delivery, a decision by a node the case has left) is kept in the timeline's ``ignored``
+list with the reason, never dropped silently and never allowed to change the state.
+
+Dates the clock needs (acceptance, clock stops) are days in China time taken from the
+events' HLCs, never from the wall clock of the node folding: the fold has no "now".
+Working-day arithmetic is :mod:`shared.workdays`' (see :func:`due_date`).
+"""
+
+import datetime
+
+from shared.casedocs import CHINA_TIME, events_in_order
+from shared.hlc import parse_hlc
+
+# -- statuses ---------------------------------------------------------------------------
+
+SYNCING = "syncing"              # the header is here, its first event not yet
+PREAPPLIED = "preapplied"        # online pre-application waiting at a station
+AWAITING = "awaiting_materials"  # one-time notice given, not accepted
+HANDLING = "handling"            # accepted, in a queue (review or decision)
+SUPPLEMENTING = "supplementing"  # the decider asked for a supplement: clock stopped
+READY = "ready"                  # decided, the result waits at the delivery station
+DONE = "done"                    # result handed over
+WITHDRAWN = "withdrawn"
+
+STATUS_LABELS = {
+    SYNCING: "同步中", PREAPPLIED: "网上预申请，待到站核验", AWAITING: "已一次性告知，待补齐材料",
+    HANDLING: "办理中", SUPPLEMENTING: "待申请人补正（暂停计时）", READY: "已办结，待领取",
+    DONE: "已送达", WITHDRAWN: "已撤回",
+}
+OPEN_STATUSES = (PREAPPLIED, AWAITING, HANDLING, SUPPLEMENTING, READY)
+
+#: How each event kind reads on the citizen's progress page.
+EVENT_LABELS = {
+    "preapplied": "网上预申请", "notice": "一次性告知所缺材料", "accepted": "受理",
+    "attached": "上传材料扫描件", "supplemented": "补齐材料", "forwarded": "初审通过，报送上级",
+    "opinion": "并联部门意见", "supplement_requested": "要求补正材料", "approved": "审批通过",
+    "rejected": "不予批准", "transferred": "转办", "delivery_changed": "变更领取站点",
+    "delivered": "结果送达", "rated": "评价", "complained": "投诉", "complaint_handled": "投诉处理",
+    "commitment_checked": "告知承诺核查", "withdrawn": "撤回申请", "joined": "异地站点接入",
+    "assigned": "分办",
+}
+#: Acceptance modes.
+NORMAL, DEFICIENCY, COMMITMENT = "normal", "deficiency", "commitment"
+MODE_LABELS = {NORMAL: "受理", DEFICIENCY: "容缺受理", COMMITMENT: "告知承诺受理"}
+
+#: Material statuses (the checklist at the window and in the fold).
+PROVIDED, SHARED, ELICENCE, MISSING, DEFECTIVE, COMMITTED, NOT_NEEDED = (
+    "provided", "verified_shared", "elicence", "missing", "defective", "committed",
+    "not_needed")
+MATERIAL_LABELS = {
+    PROVIDED: "已提交", SHARED: "已通过共享数据核验（免提交）", ELICENCE: "已调用电子证照（免提交）",
+    MISSING: "缺少", DEFECTIVE: "不符合要求", COMMITTED: "以书面承诺代替",
+    NOT_NEEDED: "非必要，未提交",
+}
+#: Statuses that leave a material to be brought later.
+OUTSTANDING = (MISSING, DEFECTIVE)
+
+#: Complaint stages, in order.
+COMPLAINT_STAGES = ("submitted", "accepted", "replied")
+COMPLAINT_LABELS = {"submitted": "已提交，待受理", "accepted": "已受理，处理中", "replied": "已答复"}
+
+
+def hlc_time(hlc):
+    """The China-time datetime of an HLC string."""
+    return datetime.datetime.fromtimestamp(parse_hlc(hlc).ms / 1000, CHINA_TIME)
+
+
+def hlc_day(hlc):
+    """The China-time date of an HLC string (the day an event happened)."""
+    return hlc_time(hlc).date()
+
+
+def _by(event):
+    """The public part of who acted: name, office phone, department (never a password)."""
+    by = event.get("by")
+    if not isinstance(by, dict):
+        return {}
+    return {k: by[k] for k in ("username", "name", "phone", "department") if k in by}
+
+
+def _blank(header):
+    return {
+        "number": header.get("number"), "item": header.get("item"),
+        "item_name": header.get("item_name", ""), "origin": header.get("origin"),
+        "handler": header.get("handler"), "applicant_key": header.get("applicant_key"),
+        "applicant_kind": header.get("applicant_kind", "person"),
+        "channel": header.get("channel", "window"),
+        "department": header.get("department", ""),
+        "status": SYNCING, "stage": None, "route": list(header.get("route") or
+                                                         [header.get("handler")]),
+        "route_index": 0, "mode": None, "materials": {}, "outstanding": [],
+        "deficiency_due": None, "parallel": {d: None for d in header.get("parallel") or ()},
+        "lead_department": header.get("lead_department", ""),
+        "accepted": None, "accepted_day": None, "limit": header.get("limit"),
+        "stops": [], "delivery_station": header.get("delivery_station") or header.get("origin"),
+        "decision": None, "delivered": None, "rating": None, "complaints": [],
+        "postcheck": None, "supplement_request": None, "proxy": header.get("proxy"),
+        "licences": [], "timeline": [], "ignored": [], "visits": 0,
+    }
+
+
+class _Refused(Exception):
+    """An event that does not fit the state it meets (kept in ``ignored``)."""
+
+
+def fold(header, events):
+    """The state of a case from its header and events (any order, duplicates allowed).
+
+    :param header: the ``case:`` document (None while it has not arrived).
+    :param events: its ``event:`` documents.
+    :returns: a JSON-ready dict (see :func:`_blank` for the members).
+    """
+    state = _blank(header or {})
+    seen = set()
+    for event in events_in_order(events):
+        if event.get("_id") in seen:
+            continue
+        seen.add(event.get("_id"))
+        kind = event.get("kind")
+        apply = _APPLY.get(kind)
+        try:
+            if header is None:
+                raise _Refused("案件信息尚未同步到本站")
+            if apply is not None:
+                apply(state, event)
+        except _Refused as refused:
+            state["ignored"].append({"event": event.get("_id"), "kind": kind,
+                                     "reason": str(refused)})
+            continue
+        if kind != "attached":
+            _note(state, event)
+    state["status_label"] = STATUS_LABELS.get(state["status"], state["status"])
+    return state
+
+
+def _note(state, event):
+    entry = {"kind": event.get("kind"), "label": EVENT_LABELS.get(event.get("kind"), event.get("kind")),
+             "hlc": event.get("hlc"), "node": event.get("node"), "by": _by(event)}
+    for key in ("reason", "text", "opinion", "result", "mode", "score", "to", "station",
+                "department", "stage"):
+        if key in event:
+            entry[key] = event[key]
+    state["timeline"].append(entry)
+
+
+def _require(condition, reason):
+    if not condition:
+        raise _Refused(reason)
+
+
+def _stage_node(state):
+    route = state["route"]
+    index = state["route_index"]
+    return route[index] if 0 <= index < len(route) else None
+
+
+def _set_materials(state, materials):
+    """Record a checklist (index → status and scans) and recompute what is outstanding."""
+    for entry in materials or ():
+        if not isinstance(entry, dict) or "index" not in entry:
+            continue
+        key = str(entry["index"])
+        held = state["materials"].setdefault(key, {"name": entry.get("name", ""),
+                                                   "status": MISSING, "scans": []})
+        held["status"] = entry.get("status", held["status"])
+        if entry.get("name"):
+            held["name"] = entry["name"]
+        for field in ("problem", "needed", "why", "licence", "shared_from"):
+            if field in entry:
+                held[field] = entry[field]
+        for sha in entry.get("scans") or ():
+            if sha not in held["scans"]:
+                held["scans"].append(sha)
+    state["outstanding"] = sorted(
+        (k for k, m in state["materials"].items() if m["status"] in OUTSTANDING), key=int)
+
+
+# -- the transitions ------------------------------------------------------------------------
+
+def _preapplied(state, event):
+    _require(state["status"] == SYNCING, "预申请只能是案件的第一步")
+    state["status"] = PREAPPLIED
+    state["stage"] = event.get("station")
+    state["delivery_station"] = event.get("station") or state["delivery_station"]
+    state["channel"] = "online"
+    _set_materials(state, event.get("materials"))
+
+
+def _notice(state, event):
+    _require(state["status"] in (SYNCING, PREAPPLIED, AWAITING),
+             "一次性告知只能在受理之前出具")
+    state["status"] = AWAITING
+    state["stage"] = event.get("node")
+    state["visits"] += 1
+    _set_materials(state, event.get("materials"))
+
+
+def _accepted(state, event):
+    _require(state["status"] in (SYNCING, PREAPPLIED, AWAITING), "该案件已经受理")
+    mode = event.get("mode", NORMAL)
+    _require(mode in MODE_LABELS, f"未知的受理方式 {mode}")
+    state["mode"] = mode
+    state["status"] = HANDLING
+    state["accepted"] = event.get("hlc")
+    state["accepted_day"] = hlc_day(event["hlc"]).isoformat()
+    state["accepted_at"] = event.get("node")
+    if event.get("visit", True):
+        state["visits"] += 1
+    if isinstance(event.get("route"), list) and event["route"]:
+        state["route"] = list(event["route"])
+    state["route_index"] = 0
+    state["stage"] = _stage_node(state)
+    if event.get("delivery_station"):
+        state["delivery_station"] = event["delivery_station"]
+    if event.get("limit"):
+        state["limit"] = event["limit"]
+    state["deficiency_due"] = event.get("deficiency_due")
+    if mode == COMMITMENT:
+        state["postcheck"] = {"due": event.get("postcheck_due"), "result": None}
+    _set_materials(state, event.get("materials"))
+
+
+def _attached(state, event):
+    key = str(event.get("material"))
+    held = state["materials"].setdefault(key, {"name": event.get("material_name", ""),
+                                               "status": PROVIDED, "scans": []})
+    if event.get("sha256") and event["sha256"] not in held["scans"]:
+        held["scans"].append(event["sha256"])
+
+
+def _supplemented(state, event):
+    _require(state["status"] in (PREAPPLIED, AWAITING, HANDLING, SUPPLEMENTING),
+             "案件已办结，不能再补充材料")
+    _set_materials(state, event.get("materials"))
+    state["visits"] += 1 if event.get("visit", True) else 0
+    if state["status"] == SUPPLEMENTING:
+        state["stops"][-1][1] = hlc_day(event["hlc"]).isoformat()
+        state["status"] = HANDLING
+        state["stage"] = state["supplement_request"]["node"]
+        state["supplement_request"] = None
+
+
+def _in_queue_of_author(state, event, what):
+    _require(state["status"] == HANDLING, f"案件当前状态为“{STATUS_LABELS[state['status']]}”，不能{what}")
+    _require(event.get("node") == state["stage"],
+             f"案件已不在节点 {event.get('node')} 办理，不能{what}")
+
+
+def _forwarded(state, event):
+    _in_queue_of_author(state, event, "报送")
+    _require(state["route_index"] + 1 < len(state["route"]), "已是决定机关，不能再报送")
+    state["route_index"] += 1
+    state["stage"] = _stage_node(state)
+
+
+def _opinion(state, event):
+    _in_queue_of_author(state, event, "提出并联意见")
+    department = event.get("department")
+    _require(department in state["parallel"], f"{department} 不是本事项的并联部门")
+    _require(state["parallel"][department] is None, f"{department} 已提出意见")
+    state["parallel"][department] = {"opinion": event.get("opinion"), "text": event.get("text", ""),
+                                     "by": _by(event), "hlc": event.get("hlc")}
+
+
+def _supplement_requested(state, event):
+    _in_queue_of_author(state, event, "要求补正")
+    state["status"] = SUPPLEMENTING
+    state["supplement_request"] = {"node": event.get("node"), "reason": event.get("reason", ""),
+                                   "hlc": event.get("hlc")}
+    state["stops"].append([hlc_day(event["hlc"]).isoformat(), None])
+    _set_materials(state, event.get("materials"))
+    state["stage"] = None
+
+
+def _decided(state, event):
+    kind = event["kind"]
+    _in_queue_of_author(state, event, "作出决定")
+    _require(state["route_index"] == len(state["route"]) - 1, "本节点负责初审，决定须由上级作出")
+    if kind == "approved":
+        _require(not state["outstanding"], "仍有容缺材料未补齐，不能审批通过")
+        pending = [d for d, o in state["parallel"].items() if o is None]
+        _require(not pending, "并联部门意见未齐：" + "、".join(pending))
+    state["decision"] = {"kind": kind, "hlc": event.get("hlc"), "node": event.get("node"),
+                         "by": _by(event), "reason": event.get("reason", ""),
+                         "result": event.get("result", "")}
+    licence = event.get("licence")
+    if kind == "approved" and isinstance(licence, dict):
+        state["licences"].append(licence)
+        state["decision"]["licence"] = licence
+    state["decided_day"] = hlc_day(event["hlc"]).isoformat()
+    state["status"] = READY
+    state["stage"] = state["delivery_station"]
+
+
+def _transferred(state, event):
+    _in_queue_of_author(state, event, "转办")
+    target = event.get("to")
+    _require(isinstance(target, str) and target != event.get("node"), "转办对象无效")
+    state["route"] = state["route"][:state["route_index"]] + [target]
+    state["stage"] = target
+    state["handler"] = target
+
+
+def _delivery_changed(state, event):
+    _require(state["status"] in OPEN_STATUSES, "结果已送达，不能变更领取站点")
+    state["delivery_station"] = event.get("station")
+    if state["status"] == READY:
+        state["stage"] = event.get("station")
+
+
+def _delivered(state, event):
+    _require(state["status"] == READY, "案件尚未办结，或结果已经送达")
+    state["status"] = DONE
+    state["stage"] = None
+    state["delivered"] = {"node": event.get("node"), "hlc": event.get("hlc"),
+                          "by": _by(event), "to": event.get("to", "applicant")}
+    if event.get("visit", True):
+        state["visits"] += 1
+
+
+def _rated(state, event):
+    _require(state["status"] == DONE, "结果送达后才能评价")
+    _require(state["rating"] is None, "该案件已评价，不能重复评价")
+    state["rating"] = {"score": event.get("score"), "text": event.get("text", ""),
+                       "hlc": event.get("hlc")}
+
+
+def _complained(state, event):
+    _require(state["status"] != SYNCING, "案件信息尚未同步")
+    state["complaints"].append({"id": event.get("_id"), "text": event.get("text", ""),
+                                "hlc": event.get("hlc"), "stage": "submitted", "steps": []})
+
+
+def _complaint_handled(state, event):
+    target = next((c for c in state["complaints"] if c["id"] == event.get("complaint")), None)
+    _require(target is not None, "找不到该投诉")
+    stage = event.get("stage")
+    _require(stage in COMPLAINT_STAGES[1:], f"未知的投诉处理阶段 {stage}")
+    _require(COMPLAINT_STAGES.index(stage) > COMPLAINT_STAGES.index(target["stage"]),
+             "该投诉已处于这一阶段或之后")
+    target["stage"] = stage
+    target["steps"].append({"stage": stage, "text": event.get("text", ""),
+                            "hlc": event.get("hlc"), "node": event.get("node"),
+                            "by": _by(event)})
+
+
+def _commitment_checked(state, event):
+    _require(state["postcheck"] is not None, "该案件不是告知承诺受理")
+    _require(state["postcheck"]["result"] is None, "核查结果已经登记")
+    state["postcheck"]["result"] = event.get("result")
+    state["postcheck"]["text"] = event.get("text", "")
+
+
+def _withdrawn(state, event):
+    _require(state["status"] in (PREAPPLIED, AWAITING, HANDLING, SUPPLEMENTING),
+             "案件已作出决定，不能撤回")
+    state["status"] = WITHDRAWN
+    state["stage"] = None
+
+
+_APPLY = {
+    "preapplied": _preapplied, "notice": _notice, "accepted": _accepted,
+    "attached": _attached, "supplemented": _supplemented, "forwarded": _forwarded,
+    "opinion": _opinion, "supplement_requested": _supplement_requested,
+    "approved": _decided, "rejected": _decided, "transferred": _transferred,
+    "delivery_changed": _delivery_changed, "delivered": _delivered, "rated": _rated,
+    "complained": _complained, "complaint_handled": _complaint_handled,
+    "commitment_checked": _commitment_checked, "withdrawn": _withdrawn,
+}
+
+
+# -- the clock --------------------------------------------------------------------------
+
+def stops_as_dates(state):
+    """The clock stops as ``(stop date, resume date or None)``."""
+    return [(datetime.date.fromisoformat(a), datetime.date.fromisoformat(b) if b else None)
+            for a, b in state["stops"]]
+
+
+def due_date(state, calendar):
+    """The due date of an accepted case under ``calendar`` (a ``workdays.WorkCalendar``).
+
+    None before acceptance, while the clock is stopped, or when the item has no time limit
+    recorded. Calendar limits (``自然日``) count calendar days; stops extend both kinds.
+    """
+    limit = state.get("limit")
+    if not state.get("accepted_day") or not limit:
+        return None
+    start = datetime.date.fromisoformat(state["accepted_day"])
+    stops = stops_as_dates(state)
+    days = int(limit.get("days", 0))
+    if limit.get("unit") == "自然日":
+        if any(resume is None for _, resume in stops):
+            return None
+        paused = sum((resume - stop).days for stop, resume in stops)
+        return start + datetime.timedelta(days=days + paused)
+    return calendar.due_with_stops(start, days, stops)

@@ -1,0 +1,171 @@
+"""``case_state``: every case this node holds, folded, for queues, look-ups and progress pages.
+
+A store projection: whenever a ``case:`` or ``event:`` document is written (here or by
+replication) the case is folded again from all its documents inside the same transaction,
+so a queue never shows a state its events do not give. Scanned materials travel inside
+``attached`` events; their ``data`` member is dropped in SQL before the fold reads them.
+"""
+
+import datetime
+import json
+import logging
+
+from shared.cases import fold as F
+from shared.scopes import case_number
+
+logger = logging.getLogger(__name__)
+
+#: The columns queues and pages filter on; the whole fold is in ``state``.
+COLUMNS = ("number", "item_id", "item_name", "status", "stage", "handler", "origin",
+           "delivery_station", "applicant_key", "department", "accepted_day", "due",
+           "decided_day", "updated", "outstanding", "rating", "open_complaints", "mode",
+           "channel", "visits", "state")
+
+
+def item_id_of(doc_id):
+    """``GD-LS-01`` of ``item:GD-LS-01@3``."""
+    if not isinstance(doc_id, str):
+        return ""
+    return doc_id[len("item:"):].split("@", 1)[0] if doc_id.startswith("item:") else doc_id
+
+
+def read_case(db, number, *, with_data=False):
+    """``(header, events)`` of case ``number`` as held in ``db`` (live winners only)."""
+    body = "r.body" if with_data else "json_remove(r.body, '$.data')"
+    prefix = f"event:{number}:"
+    rows = db.execute_sql(
+        f"SELECT d.id, {body} FROM document d JOIN revision r ON r.doc_id = d.id AND r.rev = d.rev "
+        "WHERE d.deleted = 0 AND (d.id = ? OR (d.id > ? AND d.id < ?))",
+        ("case:" + number, prefix, prefix[:-1] + ";")).fetchall()
+    header, events = None, []
+    for doc_id, text in rows:
+        doc = json.loads(text)
+        doc["_id"] = doc_id
+        if doc_id.startswith("case:"):
+            header = doc
+        else:
+            events.append(doc)
+    return header, events
+
+
+class CaseIndex:
+    """The projection behind ``case_state``.
+
+    :param calendar: a ``workdays.WorkCalendar`` for due dates (None: no due dates).
+    """
+
+    tables = [
+        """CREATE TABLE IF NOT EXISTS case_state (
+            number TEXT PRIMARY KEY, item_id TEXT, item_name TEXT, status TEXT, stage TEXT,
+            handler TEXT, origin TEXT, delivery_station TEXT, applicant_key TEXT,
+            department TEXT, accepted_day TEXT, due TEXT, decided_day TEXT, updated TEXT,
+            outstanding INTEGER, rating INTEGER, open_complaints INTEGER, mode TEXT,
+            channel TEXT, visits INTEGER, state TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS case_state_stage ON case_state (stage, status)",
+        "CREATE INDEX IF NOT EXISTS case_state_applicant ON case_state (applicant_key)",
+        "CREATE INDEX IF NOT EXISTS case_state_status ON case_state (status, due)",
+        """CREATE TABLE IF NOT EXISTS case_licence (
+            applicant_key TEXT NOT NULL, name TEXT NOT NULL, number TEXT, valid_until TEXT,
+            "case" TEXT NOT NULL, issued TEXT, PRIMARY KEY (applicant_key, name, "case")
+        )""",
+    ]
+
+    def __init__(self, calendar=None):
+        self.calendar = calendar
+
+    def apply(self, db, docs):
+        """Fold again every case ``docs`` touch."""
+        numbers = dict.fromkeys(n for n in (case_number(doc_id) for doc_id, _ in docs) if n)
+        for number in numbers:
+            try:
+                self.refresh(db, number)
+            except Exception:  # a malformed received document must not block replication
+                logger.exception("case %s could not be folded", number)
+        return ()
+
+    def refresh(self, db, number):
+        """Fold case ``number`` and store its row (and e-licence records)."""
+        header, events = read_case(db, number)
+        if header is None:
+            return
+        state = F.fold(header, events)
+        row = self.row(state, events)
+        marks = ",".join("?" * len(COLUMNS))
+        db.execute_sql(f"INSERT OR REPLACE INTO case_state ({','.join(COLUMNS)}) "
+                       f"VALUES ({marks})", [row[c] for c in COLUMNS])
+        for licence in state["licences"]:
+            db.execute_sql(
+                'INSERT OR REPLACE INTO case_licence (applicant_key, name, number, valid_until, '
+                '"case", issued) VALUES (?, ?, ?, ?, ?, ?)',
+                (state["applicant_key"], licence.get("name", ""), licence.get("number"),
+                 licence.get("valid_until"), number, state.get("decided_day")))
+
+    def row(self, state, events):
+        """The ``case_state`` row of a folded case."""
+        due = None
+        if self.calendar is not None:
+            try:
+                found = F.due_date(state, self.calendar)
+                due = found.isoformat() if found else None
+            except ValueError as exc:  # a day the calendar does not cover
+                logger.warning("case %s: no due date: %s", state["number"], exc)
+        updated = max((e.get("hlc", "") for e in events), default="")
+        open_complaints = sum(1 for c in state["complaints"] if c["stage"] != "replied")
+        return {
+            "number": state["number"], "item_id": item_id_of(state["item"]),
+            "item_name": state["item_name"], "status": state["status"], "stage": state["stage"],
+            "handler": state["handler"], "origin": state["origin"],
+            "delivery_station": state["delivery_station"],
+            "applicant_key": state["applicant_key"], "department": state["department"],
+            "accepted_day": state["accepted_day"], "due": due,
+            "decided_day": state.get("decided_day"), "updated": updated,
+            "outstanding": len(state["outstanding"]),
+            "rating": (state["rating"] or {}).get("score"), "open_complaints": open_complaints,
+            "mode": state["mode"], "channel": state["channel"], "visits": state["visits"],
+            "state": json.dumps(state, ensure_ascii=False),
+        }
+
+    def reset(self, db):
+        """Empty the tables before a rebuild."""
+        db.execute_sql("DELETE FROM case_state")
+        db.execute_sql("DELETE FROM case_licence")
+
+
+def state_of(db, number):
+    """The folded state of case ``number`` as indexed here, or None."""
+    row = db.execute_sql("SELECT state FROM case_state WHERE number = ?", (number,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def queue(db, stage, statuses=(F.HANDLING,), department=None, limit=200):
+    """Rows of the cases waiting at node ``stage`` in ``statuses``, the earliest due first."""
+    marks = ",".join("?" * len(statuses))
+    params = [stage, *statuses]
+    where = f"stage = ? AND status IN ({marks})"
+    if department:
+        where += " AND (department = ? OR state LIKE ?)"
+        params += [department, f'%"{department}": null%']
+    cursor = db.execute_sql(
+        f"SELECT {','.join(COLUMNS[:-1])} FROM case_state WHERE {where} "
+        "ORDER BY due IS NULL, due, accepted_day, number LIMIT ?", [*params, limit])
+    return [dict(zip(COLUMNS[:-1], row)) for row in cursor.fetchall()]
+
+
+def cases_of_applicant(db, applicant_key):
+    """Rows of every case of ``applicant_key`` held here, newest first."""
+    cursor = db.execute_sql(
+        f"SELECT {','.join(COLUMNS[:-1])} FROM case_state WHERE applicant_key = ? "
+        "ORDER BY number DESC", (applicant_key,))
+    return [dict(zip(COLUMNS[:-1], row)) for row in cursor.fetchall()]
+
+
+def licences_of(db, applicant_key, on=None):
+    """``{licence name: record}`` of the e-licences issued to ``applicant_key`` still valid."""
+    on = (on or datetime.date.today()).isoformat()
+    cursor = db.execute_sql(
+        'SELECT name, number, valid_until, "case", issued FROM case_licence '
+        "WHERE applicant_key = ? AND (valid_until IS NULL OR valid_until >= ?) "
+        "ORDER BY issued", (applicant_key, on))
+    return {name: {"name": name, "number": num, "valid_until": until, "case": case,
+                   "issued": issued} for name, num, until, case, issued in cursor.fetchall()}

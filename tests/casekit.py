@@ -1,0 +1,110 @@
+"""A small region in one process for case tests: county, township, two villages.
+
+Each node is a real app on its own SQLite file; :meth:`Kit.sync` copies every document
+each way with ``new_edits=False`` (what replication does), so tests can cut and join
+stations at will. Real processes and scopes are covered by the browser and sync tests.
+"""
+
+import datetime
+import os
+
+from shared import identity
+from shared.cases import idnumbers
+from shared.cases.blobs import BlobStore
+from shared.cases.desk import Actor, ApplicantInput, CaseDesk
+from shared.catalog import publish, sample
+from shared.workdays import WorkCalendar
+from tests.conftest import add_account, make_app, make_county
+
+COUNTY, TOWNSHIP = "441521", "441521101"
+VILLAGE_A, VILLAGE_B = "441521101001", "441521101002"
+#: A person born 1950-03-01 in Haifeng (their check digit computed, so always valid).
+CITIZEN = idnumbers.make_resident_id("441521", datetime.date(1950, 3, 1), 123)
+AGENT = idnumbers.make_resident_id("441521", datetime.date(1985, 7, 9), 456)
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+def parallel_item():
+    """A township item decided jointly by two departments (the lead collects opinions)."""
+    items, _ = sample.sample_catalog()
+    item = dict(next(i for i in items if i["id"] == "GD-LS-21"))
+    item.update(id="GD-TEST-PAR", name="宅基地联审测试事项",
+                parallel_departments=["农业农村", "自然资源"], lead_department="农业农村",
+                department="农业农村")
+    return item
+
+
+class Kit:
+    """The nodes, their desks and staff actors."""
+
+    def __init__(self, base):
+        self.region_key = os.urandom(32)
+        self.apps = {}
+        (base / COUNTY).mkdir()
+        county = make_county(base / COUNTY, NODE_CODE=COUNTY)
+        self.apps[COUNTY] = county
+        add_account(county, "editor", "pw-editor-1", roles=("county_admin",))
+        add_account(county, "boss", "pw-boss-1", roles=("approver",))
+        items, agencies = sample.sample_catalog()
+        items.append(parallel_item())
+        with county.app_context():
+            publish.publish(self.store(COUNTY), items, agencies, proposer="editor",
+                            approver="boss", private_key=county.key)
+        public = identity.b64(identity.public_key_bytes(county.key))
+        for code, tier in ((TOWNSHIP, "township"), (VILLAGE_A, "village"),
+                           (VILLAGE_B, "village")):
+            (base / code).mkdir()
+            self.apps[code] = make_app(base / code, TIER=tier, NODE_CODE=code,
+                                       COUNTY_PUBLIC_KEY=public, NODE_DIR=str(base / code))
+        self.calendar = WorkCalendar()
+        self.desks = {code: CaseDesk(self.store(code), app.config, self.region_key,
+                                     blobs=BlobStore(base / code / "blobs"),
+                                     calendar=self.calendar)
+                      for code, app in self.apps.items()}
+        self.sync()
+
+    def store(self, code):
+        return self.apps[code].extensions["store"]
+
+    def desk(self, code):
+        return self.desks[code]
+
+    def sync(self, *codes):
+        """Copy every document between the given nodes (all by default), both ways."""
+        codes = codes or tuple(self.apps)
+        for source in codes:
+            docs = [self.store(source).get(row["id"], revs=True)
+                    for row in self.store(source).all_docs()[1]]
+            for target in codes:
+                if target != source and docs:
+                    self.store(target).bulk_docs(docs, new_edits=False)
+
+    def close(self):
+        for app in self.apps.values():
+            app.extensions["store"].close()
+
+
+def clerk(name="clerk-a"):
+    return Actor(username=name, name="王小明", phone="0660-3300001", roles=("clerk",))
+
+
+def approver(department="", name="approver-t"):
+    return Actor(username=name, name="李审批", phone="0660-3300002", department=department,
+                 roles=("approver",))
+
+
+def applicant(number=CITIZEN):
+    return ApplicantInput(number=number, name="陈阿婆", phone="13800138000",
+                          address="海丰县海城镇某村 12 号")
+
+
+def upload(desk, data=PDF):
+    """Put a scan in ``desk``'s blob store; returns its sha256."""
+    return desk.blobs.put(data, "scan.pdf").sha256
+
+
+def full_materials(desk, item_id, leave_out=()):
+    """A scan for every material of ``item_id`` the applicant brings (but ``leave_out``)."""
+    rows = desk.checklist(desk.item(item_id))
+    return {row["index"]: {"scans": [upload(desk, PDF + b"%" + str(row["index"]).encode())]}
+            for row in rows if row["auto"] is None and row["index"] not in leave_out}
