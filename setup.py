@@ -31,6 +31,8 @@ setup(
         # The catalog: .xlsx import/export, QR codes on guides and receipts.
         "openpyxl>=3.1,<4",
         "segno>=1.6,<2",
+        # Cases: statutory holidays and adjusted working weekends for working-day limits.
+        "chinesecalendar>=1.9",
     ],
     extras_require={
         "test": [
