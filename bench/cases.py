@@ -12,7 +12,9 @@ Usage::
 """
 
 import argparse
+import datetime
 import logging
+import random
 import re
 import statistics
 import sys
@@ -84,7 +86,7 @@ def bench_fold(events_count):
 
 
 def _village(base):
-    """A county and one enrolled village, serving; the catalog in force at both."""
+    """County, township and village, serving and syncing; the catalog in force."""
     county = nodeproc.start_node(base / "county", tier="county", code="441521", name="海丰县")
     store = open_store(cfg.load_config(county.node_dir))
     Account.create(username="editor", password_hash=hash_password("pw-editor"),
@@ -95,15 +97,20 @@ def _village(base):
     publish.publish(store, items, agencies, proposer="editor", approver="boss",
                     private_key=identity.load_private_key(county.node_dir))
     store.close()
-    village_dir = nodeproc.enrol_node(county.node_dir, county.url, base / "village", "village",
-                                      "441521101001", name="测试村")
+    township_dir = nodeproc.enrol_node(county.node_dir, county.url, base / "township",
+                                       "township", "441521101", name="测试镇")
+    nodeproc.update_config(township_dir, SYNC_INTERVAL=300)
+    township = nodeproc.start_node(township_dir, create=False)
+    village_dir = nodeproc.enrol_node(county.node_dir, township.url, base / "village",
+                                      "village", "441521101001", name="测试村")
     nodeproc.update_config(village_dir, SYNC_INTERVAL=300)
     village = nodeproc.start_node(village_dir, create=False)
-    syncd = nodeproc.start_syncd(village_dir)
+    procs = [nodeproc.start_syncd(township_dir), nodeproc.start_syncd(village_dir), village,
+             township, county]
     nodeproc.eventually(
         lambda: requests.get(village.url + "/status/catalog", timeout=5).json()["release"] == 1,
         "the catalog at the village", timeout=120)
-    return county, village, syncd
+    return village, procs
 
 
 def _login(url, username, password):
@@ -121,11 +128,21 @@ def _csrf(session, url):
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
-def bench_accept(clerks, per_clerk):
-    """p50/p95 of complete acceptances at a village under ``clerks`` concurrent clerks."""
+def bench_accept(clerks, per_clerk, think=(1.0, 3.0), offline=False):
+    """p50/p95 of complete acceptances at a village under ``clerks`` concurrent clerks.
+
+    Each clerk waits ``think`` seconds (uniform) between acceptances; a real one takes
+    minutes over a form, so this is a busy morning compressed. ``think=(0, 0)`` fires
+    back to back: the node saturated, its throughput the figure. ``offline``: the township
+    and county stop once the catalog is in force, so the village PC's own two processes
+    (serve, and syncd retrying its parent) are all that run, as on a real village PC.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        county, village, syncd = _village(Path(tmp))
+        village, procs = _village(Path(tmp))
         try:
+            if offline:
+                for proc in (procs[0], procs[3], procs[4]):  # township syncd, township, county
+                    proc.stop()
             store = open_store(cfg.load_config(village.node_dir))
             for index in range(clerks):
                 Account.create(username=f"clerk{index}", password_hash=hash_password("pw-c"),
@@ -133,43 +150,59 @@ def bench_accept(clerks, per_clerk):
             store.close()
             sessions = [_login(village.url, f"clerk{i}", "pw-c") for i in range(clerks)]
             tokens = [_csrf(s, f"{village.url}/cases/window") for s in sessions]
-            timings, failures = [], []
+            timings, receipts, failures = [], [], []
             barrier = threading.Barrier(clerks)
 
             def work(index):
                 session, token = sessions[index], tokens[index]
+                rng = random.Random(index)
                 barrier.wait()
                 for request in range(per_clerk):
+                    time.sleep(rng.uniform(*think))
                     number = idnumbers.make_resident_id(
-                        "441521", __import__("datetime").date(1960, 1, 1 + index),
-                        100 + request)
-                    form = {"csrf_token": token, "item_id": ITEM, "id_number": number,
-                            "name": "测试申请人", "phone": "13800138000",
-                            "address": "海丰县", "decision": "accept",
-                            "status_2": "provided"}
-                    files = {"scan_2": ("form.pdf", PDF, "application/pdf")}
+                        "441521", datetime.date(1960, 1, 1 + index), 100 + request)
+                    form = {"csrf_token": token, "step": "decide", "item": ITEM,
+                            "applicant": number, "name": "测试申请人",
+                            "phone": "13800138000", "address": "海丰县",
+                            "m2_status": "provided", "delivery_station": "441521101001",
+                            "decision": "accept"}
+                    files = {"m2_files": ("form.pdf", PDF, "application/pdf")}
                     started = time.perf_counter()
                     answer = session.post(f"{village.url}/cases/window", data=form,
-                                          files=files, timeout=60)
+                                          files=files, timeout=60, allow_redirects=False)
                     elapsed = (time.perf_counter() - started) * 1000
-                    if answer.status_code != 200 or "/receipt" not in answer.url:
-                        failures.append((answer.status_code, answer.url, answer.text[:300]))
-                    else:
-                        timings.append(elapsed)
+                    target = answer.headers.get("Location", "")
+                    if answer.status_code != 303 and answer.status_code != 302 or \
+                            "/receipt" not in target:
+                        failures.append((answer.status_code, target, answer.text[:300]))
+                        continue
+                    timings.append(elapsed)
+                    # The clerk's browser then loads the receipt (timed apart).
+                    started = time.perf_counter()
+                    receipt = session.get(village.url + target if target.startswith("/")
+                                          else target, timeout=60)
+                    receipts.append((time.perf_counter() - started) * 1000)
+                    if receipt.status_code != 200:
+                        failures.append((receipt.status_code, target, receipt.text[:300]))
             threads = [threading.Thread(target=work, args=(i,)) for i in range(clerks)]
+            began = time.perf_counter()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
+            wall = time.perf_counter() - began
         finally:
-            for proc in (syncd, village, county):
+            for proc in procs:
                 proc.stop()
     if failures:
         logger.error("%d acceptances failed, first: %s", len(failures), failures[0])
-    return {"clerks": clerks, "accepted": len(timings), "failed": len(failures),
+    return {"clerks": clerks, "think_s": think, "offline": offline, "accepted": len(timings),
+            "failed": len(failures), "per_s": len(timings) / wall,
             "p50_ms": statistics.median(timings) if timings else None,
             "p95_ms": percentile(timings, 0.95) if timings else None,
-            "max_ms": max(timings) if timings else None}
+            "max_ms": max(timings) if timings else None,
+            "receipt_p50_ms": statistics.median(receipts) if receipts else None,
+            "receipt_p95_ms": percentile(receipts, 0.95) if receipts else None}
 
 
 def main():
@@ -177,6 +210,10 @@ def main():
     parser.add_argument("--events", type=int, default=50)
     parser.add_argument("--clerks", type=int, default=20)
     parser.add_argument("--requests", type=int, default=15, help="acceptances per clerk")
+    parser.add_argument("--think", type=float, nargs=2, default=(1.0, 3.0),
+                        metavar=("MIN", "MAX"), help="seconds between a clerk's acceptances")
+    parser.add_argument("--offline", action="store_true",
+                        help="only the village's own processes run during the measurement")
     parser.add_argument("--skip-accept", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -185,7 +222,7 @@ def main():
     logger.info("fold: %s", {k: round(v, 3) if isinstance(v, float) else v
                              for k, v in fold.items()})
     if not args.skip_accept:
-        accept = bench_accept(args.clerks, args.requests)
+        accept = bench_accept(args.clerks, args.requests, tuple(args.think), args.offline)
         logger.info("accept: %s", {k: round(v, 1) if isinstance(v, float) else v
                                    for k, v in accept.items()})
 

@@ -84,7 +84,7 @@ def create_app(config=None, node_dir=None):
         dbmod.database.initialize(app.extensions["store"].db)
 
     from shared import couch, nodeapi, staff
-    from shared.views import catalog, home, sync
+    from shared.views import appointments, cases, catalog, home, progress, sync
 
     # Every node serves /db under the scopes; a test may replace the policy afterwards.
     app.extensions["couch_policy"] = NodePolicy(app.extensions["store"])
@@ -94,6 +94,9 @@ def create_app(config=None, node_dir=None):
     sync.init_app(app)
     staff.init_app(app)
     catalog.init_app(app)
+    cases.init_app(app)
+    progress.init_app(app)
+    appointments.init_app(app)
     module.init_app(app)
     return app
 

@@ -48,6 +48,8 @@ ABSOLUTE_LIFETIME = timedelta(hours=12)
 MAX_FAILURES = 5
 FAILURE_WINDOW = timedelta(minutes=15)
 LOCKOUT = timedelta(minutes=15)
+#: How stale ``last_seen`` may get before a request refreshes it.
+LAST_SEEN_STEP = timedelta(seconds=30)
 MAX_USERNAME_LENGTH = 150
 
 #: Roles that may log in to the pages, with the names staff know them by.
@@ -296,7 +298,9 @@ def load_staff():
         session.delete_instance()
         g._staff_clear_cookie = True
         return None
-    StaffSession.update(last_seen=at).where(StaffSession.id == session.id).execute()
+    if at - session.last_seen >= LAST_SEEN_STEP:
+        # The idle clock needs minutes, not every request: no write on most page views.
+        StaffSession.update(last_seen=at).where(StaffSession.id == session.id).execute()
     return Staff(username=session.username, roles=roles, csrf_token=session.csrf_token,
                  full_name=account.full_name, office_phone=account.office_phone,
                  department=account.department)

@@ -228,8 +228,6 @@ class CaseDesk:
     def next_number(self, hlc):
         """A new case number of this node for the day of ``hlc``."""
         day = casedocs.day_of(hlc)
-        self.db.execute_sql("CREATE TABLE IF NOT EXISTS case_seq (day TEXT PRIMARY KEY, "
-                            "last INTEGER NOT NULL)")
         while True:
             row = self.db.execute_sql(
                 "INSERT INTO case_seq (day, last) VALUES (?, 1) ON CONFLICT (day) "
@@ -305,7 +303,8 @@ class CaseDesk:
         rows = self.checklist(item, applicant_key)
         materials, scans = [], []
         for row in rows:
-            given = checklist_input.get(row["index"]) or checklist_input.get(str(row["index"])) or {}
+            given = (checklist_input.get(row["index"]) or
+                     checklist_input.get(str(row["index"])) or {})
             entry = {"index": row["index"], "name": row["name"]}
             if row["auto"] == F.ELICENCE:
                 entry.update(status=F.ELICENCE, licence=row["licence"]["number"])
@@ -365,43 +364,46 @@ class CaseDesk:
         outstanding = [m for m in checked if m["status"] in F.OUTSTANDING]
         self._check_decision(item, decision, checked, outstanding)
         proxy_member, proxy_scans = self._proxy(item, proxy)
-        hlc = self.clock.now()
-        number = number or self.next_number(hlc)
-        route = self.route_for(item, header["origin"] if header else self.node)
-        delivery_station = delivery_station or (header or {}).get("delivery_station") or self.node
-        docs = []
-        if header is None:
-            header = casedocs.case_header(
-                number, item["doc_id"], self.node, route[-1], applicant_key, hlc,
-                item_name=item["name"], item_version=item["version"], item_hash=item["hash"],
-                applicant_kind=kind, applicant=personal.seal_profile(
-                    self.region_key, applicant_key, profile),
-                route=route, department=item.get("department", ""),
-                parallel=list(item.get("parallel_departments") or []),
-                lead_department=item.get("lead_department", ""),
-                limit=_limit(item), delivery_station=delivery_station,
-                proxy=proxy_member)
-            docs.append(header)
-        docs += self._scan_events(number, actor, scans + proxy_scans)
-        parties = [c for c in dict.fromkeys([*route, delivery_station]) if c != self.node]
-        if decision == "notice":
-            event = self._event(number, "notice", actor, materials=checked)
-        else:
-            mode = {"accept": F.NORMAL, "deficiency": F.DEFICIENCY,
-                    "commitment": F.COMMITMENT}[decision]
-            fields = {"mode": mode, "materials": checked, "route": route,
-                      "delivery_station": delivery_station, "limit": _limit(item)}
-            today = casedocs.day_of(hlc)
-            if mode == F.DEFICIENCY:
-                fields["deficiency_due"] = self._workdays_after(today, DEFICIENCY_DAYS)
-            if mode == F.COMMITMENT:
-                fields["postcheck_due"] = self._workdays_after(today, POSTCHECK_DAYS)
-                fields["commitment_note"] = commitment_note or "申请人书面承诺所缺材料真实有效"
-            if proxy_member:
-                fields["proxy"] = True
-            event = self._event(number, "accepted", actor, parties=parties, **fields)
-        docs.append(event)
-        self._check_and_write(docs, header, events)
+        # One write transaction: the number, the clock and the documents commit together.
+        with self.db.atomic():
+            hlc = self.clock.now()
+            number = number or self.next_number(hlc)
+            route = self.route_for(item, header["origin"] if header else self.node)
+            delivery_station = (delivery_station or (header or {}).get("delivery_station")
+                                or self.node)
+            docs = []
+            if header is None:
+                header = casedocs.case_header(
+                    number, item["doc_id"], self.node, route[-1], applicant_key, hlc,
+                    item_name=item["name"], item_version=item["version"], item_hash=item["hash"],
+                    applicant_kind=kind, applicant=personal.seal_profile(
+                        self.region_key, applicant_key, profile),
+                    route=route, department=item.get("department", ""),
+                    parallel=list(item.get("parallel_departments") or []),
+                    lead_department=item.get("lead_department", ""),
+                    limit=_limit(item), delivery_station=delivery_station,
+                    proxy=proxy_member)
+                docs.append(header)
+            docs += self._scan_events(number, actor, scans + proxy_scans)
+            parties = [c for c in dict.fromkeys([*route, delivery_station]) if c != self.node]
+            if decision == "notice":
+                event = self._event(number, "notice", actor, materials=checked)
+            else:
+                mode = {"accept": F.NORMAL, "deficiency": F.DEFICIENCY,
+                        "commitment": F.COMMITMENT}[decision]
+                fields = {"mode": mode, "materials": checked, "route": route,
+                          "delivery_station": delivery_station, "limit": _limit(item)}
+                today = casedocs.day_of(hlc)
+                if mode == F.DEFICIENCY:
+                    fields["deficiency_due"] = self._workdays_after(today, DEFICIENCY_DAYS)
+                if mode == F.COMMITMENT:
+                    fields["postcheck_due"] = self._workdays_after(today, POSTCHECK_DAYS)
+                    fields["commitment_note"] = commitment_note or "申请人书面承诺所缺材料真实有效"
+                if proxy_member:
+                    fields["proxy"] = True
+                event = self._event(number, "accepted", actor, parties=parties, **fields)
+            docs.append(event)
+            self._check_and_write(docs, header, events)
         logger.info("case %s: %s at %s by %s", number, event["kind"], self.node, actor.username)
         return number
 
@@ -505,15 +507,18 @@ class CaseDesk:
             entries.append({"index": int(index), "name": held["name"], "status": F.PROVIDED,
                             "scans": shas})
             scans.extend((int(index), held["name"], s) for s in shas)
-        docs = self._scan_events(number, actor, scans)
-        docs.append(self._event(number, "supplemented", actor, materials=entries, visit=visit))
-        return self._check_and_write(docs, header, events)
+        with self.db.atomic():
+            docs = self._scan_events(number, actor, scans)
+            docs.append(self._event(number, "supplemented", actor, materials=entries,
+                                    visit=visit))
+            return self._check_and_write(docs, header, events)
 
     def act(self, number, kind, actor, parties=(), **fields):
         """Any other event (forward, opinion, decisions, transfer, delivery, rating …)."""
         header, events, _ = self.load(number)
-        return self._check_and_write([self._event(number, kind, actor, parties, **fields)],
-                                     header, events)
+        with self.db.atomic():  # the clock and the event commit together
+            return self._check_and_write([self._event(number, kind, actor, parties, **fields)],
+                                         header, events)
 
     def forward(self, number, actor, text=""):
         """Township review passed: the case goes on to the deciding county."""
@@ -625,23 +630,24 @@ class CaseDesk:
         applicant_key = identity.person_key(self.region_key, normalised)
         profile = self._profile(applicant, normalised)
         checked, scans = self._materials(item, materials or {}, applicant_key, "notice")
-        hlc = self.clock.now()
-        number = self.next_number(hlc)
-        route = self.route_for(item, station)
-        header = casedocs.case_header(
-            number, item["doc_id"], self.node, route[-1], applicant_key, hlc,
-            item_name=item["name"], item_version=item["version"], item_hash=item["hash"],
-            applicant_kind=kind, applicant=personal.seal_profile(
-                self.region_key, applicant_key, profile),
-            route=route, department=item.get("department", ""),
-            parallel=list(item.get("parallel_departments") or []),
-            lead_department=item.get("lead_department", ""), limit=_limit(item),
-            delivery_station=station, channel="online")
-        docs = [header, *self._scan_events(number, CITIZEN, scans)]
-        docs.append(self._event(number, "preapplied", CITIZEN,
-                                parties=[station] if station != self.node else [],
-                                station=station, materials=checked))
-        self._check_and_write(docs)
+        with self.db.atomic():
+            hlc = self.clock.now()
+            number = self.next_number(hlc)
+            route = self.route_for(item, station)
+            header = casedocs.case_header(
+                number, item["doc_id"], self.node, route[-1], applicant_key, hlc,
+                item_name=item["name"], item_version=item["version"], item_hash=item["hash"],
+                applicant_kind=kind, applicant=personal.seal_profile(
+                    self.region_key, applicant_key, profile),
+                route=route, department=item.get("department", ""),
+                parallel=list(item.get("parallel_departments") or []),
+                lead_department=item.get("lead_department", ""), limit=_limit(item),
+                delivery_station=station, channel="online")
+            docs = [header, *self._scan_events(number, CITIZEN, scans)]
+            docs.append(self._event(number, "preapplied", CITIZEN,
+                                    parties=[station] if station != self.node else [],
+                                    station=station, materials=checked))
+            self._check_and_write(docs)
         return number
 
 

@@ -229,6 +229,10 @@ def _accepted(state, event):
 
 
 def _attached(state, event):
+    if isinstance(event.get("material"), int) and event["material"] < 0:
+        # Not a material of the item: the proxy's authorisation document.
+        state.setdefault("proxy_scans", []).append(event.get("sha256"))
+        return
     key = str(event.get("material"))
     held = state["materials"].setdefault(key, {"name": event.get("material_name", ""),
                                                "status": PROVIDED, "scans": []})

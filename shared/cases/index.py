@@ -65,6 +65,8 @@ class CaseIndex:
         "CREATE INDEX IF NOT EXISTS case_state_stage ON case_state (stage, status)",
         "CREATE INDEX IF NOT EXISTS case_state_applicant ON case_state (applicant_key)",
         "CREATE INDEX IF NOT EXISTS case_state_status ON case_state (status, due)",
+        # This node's case numbers per day (desk.next_number); not a projection of documents.
+        "CREATE TABLE IF NOT EXISTS case_seq (day TEXT PRIMARY KEY, last INTEGER NOT NULL)",
         """CREATE TABLE IF NOT EXISTS case_licence (
             applicant_key TEXT NOT NULL, name TEXT NOT NULL, number TEXT, valid_until TEXT,
             "case" TEXT NOT NULL, issued TEXT, PRIMARY KEY (applicant_key, name, "case")

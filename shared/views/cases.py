@@ -1,0 +1,848 @@
+"""Staff case pages: the work list, acceptance at the window, the case and its actions,
+the printable receipt and one-time notice, and the handle-anywhere look-up.
+
+The pages are thin. Every change goes through the node's desk (:func:`shared.cases.web.desk`);
+a refusal (``CaseError``) is shown with the desk's own Chinese sentence and nothing is
+written. Every page that shows an applicant's decrypted data writes one audit entry
+(:func:`shared.cases.web.audit_view`). Uploaded scans are all checked before any is
+stored, so a refused file leaves nothing behind.
+"""
+
+import datetime
+import logging
+import re
+
+from flask import (Blueprint, abort, current_app, redirect, render_template, request,
+                   url_for)
+from markupsafe import Markup
+
+from shared import registry
+from shared.casedocs import CHINA_TIME, events_in_order
+from shared.cases import blobs as blobmod
+from shared.cases import fold as F
+from shared.cases import index, personal, web
+from shared.cases.desk import TIER_OF_LENGTH, ApplicantInput, CaseError
+from shared.catalog import active, schema
+from shared.catalog.qr import qr_svg
+from shared.staff import current_staff, message_page, staff_required
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("cases", __name__, url_prefix="/cases")
+
+#: Roles that work on cases (a county admin edits the catalog, not cases).
+CASE_ROLES = ("clerk", "approver", "supervisor")
+#: Who may take each action on the case page.
+ACTIONS = {
+    "supplement": ("clerk",),
+    "forward": ("approver",),
+    "opinion": ("approver",),
+    "request_supplement": ("approver",),
+    "approve": ("approver",),
+    "reject": ("approver",),
+    "transfer": ("approver",),
+    "deliver": ("clerk",),
+    "change_delivery": ("clerk", "supervisor"),
+    "complaint": ("supervisor",),
+    "postcheck": ("supervisor", "approver"),
+}
+DONE_MESSAGES = {
+    "supplement": "已登记补充的材料。", "forward": "已报送上级审批。", "opinion": "已提交并联意见。",
+    "request_supplement": "已要求申请人补正材料，计时暂停。", "approve": "已审批通过。",
+    "reject": "已作出不予批准决定。", "transfer": "已转办。", "deliver": "结果已送达申请人。",
+    "change_delivery": "已变更领取站点。", "complaint": "已登记投诉处理。",
+    "postcheck": "已登记告知承诺核查结果。",
+}
+DECISION_NAMES = {"accept": "受理", "notice": "出具一次性告知书", "deficiency": "容缺受理",
+                  "commitment": "告知承诺受理"}
+NOT_NOW = "该办件当前的状态或您的角色不允许此操作，请刷新页面后查看可办理的操作。"
+MAX_QUERY = 100
+#: Working days left at which a case gets a yellow card.
+YELLOW_DAYS = 1
+#: Statuses a clerk can choose for a material at the window.
+WINDOW_STATUSES = (F.PROVIDED, F.MISSING, F.DEFECTIVE, F.COMMITTED)
+RECEIVED = (F.PROVIDED, F.SHARED, F.ELICENCE, F.COMMITTED)
+SCAN_TYPES = ("image/jpeg", "image/png", "application/pdf")
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _db():
+    return current_app.extensions["store"].db
+
+
+def _node():
+    return current_app.config["NODE_CODE"]
+
+
+def _today():
+    return datetime.datetime.now(CHINA_TIME).date()
+
+
+def _text(name, limit=1000):
+    return (request.form.get(name) or "").strip()[:limit]
+
+
+def _hlc_text(hlc):
+    """An event's time as staff read it (China time)."""
+    try:
+        return F.hlc_time(hlc).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return ""
+
+
+def _hlc_date(hlc):
+    try:
+        return F.hlc_day(hlc).isoformat()
+    except (TypeError, ValueError):
+        return ""
+
+
+def _days_left(calendar, today, due):
+    """Signed working days until ``due`` (None when there is no due date or no calendar)."""
+    if not due or calendar is None:
+        return None
+    try:
+        return calendar.workdays_until(today, due)
+    except ValueError:  # a day the calendar does not cover: show no figure, not a guess
+        return None
+
+
+def _due(state, calendar):
+    """The case's due date, or None (no calendar, clock stopped, or a day not covered)."""
+    if calendar is None:
+        return None
+    try:
+        return F.due_date(state, calendar)
+    except ValueError:
+        return None
+
+
+def _calendar():
+    """The desk's working-day calendar (the node's own when it cannot handle cases)."""
+    try:
+        return web.desk().calendar
+    except CaseError:
+        from shared.app import work_calendar
+
+        return work_calendar(current_app.config)
+
+
+def _card(days_left):
+    """``red`` when overdue, ``yellow`` when due very soon, else None."""
+    if days_left is None:
+        return None
+    if days_left < 0:
+        return "red"
+    return "yellow" if days_left <= YELLOW_DAYS else None
+
+
+@bp.context_processor
+def _helpers():
+    names = {}
+
+    def name_of(code):
+        if code not in names:
+            names[code] = web.node_name(code)
+        return names[code]
+
+    return {"case_node_name": name_of, "case_time": _hlc_text,
+            "case_status_label": lambda s: F.STATUS_LABELS.get(s, s or ""),
+            "case_material_label": lambda s: F.MATERIAL_LABELS.get(s, s or ""),
+            "case_mode_label": lambda m: F.MODE_LABELS.get(m, m or ""),
+            "case_complaint_label": lambda s: F.COMPLAINT_LABELS.get(s, s or "")}
+
+
+@bp.errorhandler(CaseError)
+def _case_error(exc):
+    """A refusal no page handled itself (e.g. the node has no region key)."""
+    status = 503 if exc.message == web.NO_REGION_KEY else 409
+    return message_page(status, "无法办理", exc.message)
+
+
+def _load(desk, number):
+    """``(header, events, state)`` of a case held here, or a 404 page with the reason."""
+    try:
+        return desk.load(number)
+    except CaseError as exc:
+        abort(message_page(404, "找不到办件", exc.message))
+
+
+def _item_or_none(desk, item_doc_id):
+    try:
+        return desk.item(item_doc_id)
+    except CaseError:
+        return None
+
+
+def _stations(node):
+    """``[(code, name)]`` of the registered stations, this one first."""
+    found = [(e.code, e.name or e.code) for e in registry.all_entries(_db())
+             if e.status == registry.ACTIVE]
+    if node not in {code for code, _ in found}:
+        found.insert(0, (node, web.node_name(node)))
+    else:
+        found.sort(key=lambda entry: entry[0] != node)
+    return found
+
+
+def _read_uploads(fields):
+    """Check every uploaded file before storing any; ``{key: [sha256]}``.
+
+    :param fields: ``{key: (form field name, material name)}``.
+    :raises BlobRefused: with the material named in the message.
+    """
+    desk = web.desk()
+    if desk.blobs is None:
+        raise CaseError("本站没有配置扫描件存储，不能上传材料。")
+    pending = []
+    for key, (field, label) in fields.items():
+        for upload in request.files.getlist(field):
+            if not upload or not upload.filename:
+                continue  # an empty file input
+            data = upload.read()
+            try:
+                blobmod.check(data)
+            except blobmod.BlobRefused as exc:
+                raise blobmod.BlobRefused(f"“{label}”的文件 {upload.filename}：{exc.message}")
+            pending.append((key, data, upload.filename))
+    stored = {}
+    for key, data, filename in pending:
+        stored.setdefault(key, []).append(desk.blobs.put(data, filename).sha256)
+    return stored
+
+
+def _shas(values):
+    return list(dict.fromkeys(v for v in values if isinstance(v, str) and _SHA.fullmatch(v)))
+
+
+def _int_or_none(text):
+    return int(text) if isinstance(text, str) and text.isdigit() and len(text) < 6 else None
+
+
+# -- the work list ---------------------------------------------------------------------------
+
+_ROW_COLUMNS = index.COLUMNS[:-1]
+
+
+def _select(where, params, order="number DESC", extra=(), limit=200):
+    """Rows of ``case_state`` (without the folded state) matching ``where``."""
+    columns = [*_ROW_COLUMNS, *(sql for _, sql in extra)]
+    cursor = _db().execute_sql(
+        f"SELECT {','.join(columns)} FROM case_state WHERE {where} ORDER BY {order} LIMIT ?",
+        [*params, limit])
+    names = [*_ROW_COLUMNS, *(name for name, _ in extra)]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def _decorate(rows, calendar, today):
+    for row in rows:
+        row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
+        row["days_left"] = _days_left(calendar, today, row.get("due"))
+        row["card"] = _card(row["days_left"])
+        if row.get("postcheck_due"):
+            row["postcheck_left"] = _days_left(calendar, today, row["postcheck_due"])
+    return rows
+
+
+def _clerk_sections(node):
+    accepted_here = "json_extract(state, '$.accepted_at') = ?"
+    return [
+        ("preapplied", "网上预申请，待到站核验", index.queue(_db(), node, (F.PREAPPLIED,))),
+        ("awaiting", "已一次性告知，待补齐材料", index.queue(_db(), node, (F.AWAITING,))),
+        ("ready", "已办结，待在本站领取",
+         _select("status = ? AND delivery_station = ?", [F.READY, node], "decided_day, number")),
+        ("supplementing", "本站受理、待申请人补正",
+         _select(f"status = ? AND {accepted_here}", [F.SUPPLEMENTING, node])),
+        ("deficiency", "本站容缺受理、待补齐材料",
+         _select(f"status = ? AND mode = ? AND outstanding > 0 AND {accepted_here}",
+                 [F.HANDLING, F.DEFICIENCY, node])),
+    ]
+
+
+def _approver_sections(node, staff):
+    rows = index.queue(_db(), node, (F.HANDLING,), department=staff.department or None)
+    title = "待审批办件" + (f"（{staff.department}）" if staff.department else "")
+    return [("queue", title, rows)]
+
+
+def _supervisor_sections(node):
+    marks = ",".join("?" * len(F.OPEN_STATUSES))
+    postcheck_due = "json_extract(state, '$.postcheck.due')"
+    return [
+        ("here", "在本站办理的全部办件",
+         _select(f"stage = ? AND status IN ({marks})", [node, *F.OPEN_STATUSES],
+                 "due IS NULL, due, number")),
+        ("complaints", "未办结的投诉", _select("open_complaints > 0", [])),
+        ("postchecks", "告知承诺待核查",
+         _select("mode = ? AND json_extract(state, '$.postcheck.result') IS NULL "
+                 "AND status != ?", [F.COMMITMENT, F.WITHDRAWN],
+                 f"{postcheck_due} IS NULL, {postcheck_due}, number",
+                 extra=(("postcheck_due", postcheck_due),))),
+    ]
+
+
+@bp.route("/")
+@staff_required()
+def worklist():
+    """The station's work list for the logged-in member, by role, with counts."""
+    staff = current_staff()
+    node = _node()
+    sections = []
+    if staff.has_role("clerk"):
+        sections += _clerk_sections(node)
+    if staff.has_role("approver"):
+        sections += _approver_sections(node, staff)
+    if staff.has_role("supervisor"):
+        sections += _supervisor_sections(node)
+    calendar, today = _calendar(), _today()
+    shown = [{"id": key, "title": title, "rows": _decorate(rows, calendar, today)}
+             for key, title, rows in sections]
+    return render_template("cases/worklist.html", sections=shown, node=node, today=today,
+                           total=sum(len(s["rows"]) for s in shown))
+
+
+# -- the window ------------------------------------------------------------------------------
+
+def _check_tier(item):
+    """The reason this station cannot accept ``item`` (None when it can)."""
+    tier = TIER_OF_LENGTH.get(len(_node()))
+    tiers = item.get("accept_tiers") or ()
+    if tier in tiers:
+        return None
+    names = "、".join(schema.TIERS.get(t, t) for t in tiers)
+    return f"事项“{item['name']}”只在{names}受理，本站不能受理。"
+
+
+def _decisions(item):
+    allowed = ["accept", "notice"]
+    if item.get("deficiency_allowed"):
+        allowed.append("deficiency")
+    if item.get("commitment_allowed"):
+        allowed.append("commitment")
+    return [(key, DECISION_NAMES[key]) for key in allowed]
+
+
+def _checklist_rows(desk, item, applicant_key, state=None, posted=False, kept=None):
+    """The checklist as the form shows it: the desk's rows plus what is chosen so far.
+
+    Values come from the submitted form (``posted``), else from the case being continued
+    (``state``), else defaults: a material with reusable scans is ticked as provided.
+    """
+    kept = kept or {}
+    rows = desk.checklist(item, applicant_key)
+    held = (state or {}).get("materials", {})
+    for row in rows:
+        i = row["index"]
+        before = held.get(str(i), {})
+        row["existing"] = list(before.get("scans") or ())
+        offered = [s for s in row["reuse"] if s not in row["existing"]]
+        offered += [s for s in kept.get(i, ()) if s not in offered]
+        if posted:
+            chosen = set(request.form.getlist(f"m{i}_reuse")) | set(kept.get(i, ()))
+            row["status"] = request.form.get(f"m{i}_status") or ""
+            row["problem"] = _text(f"m{i}_problem", 300)
+        else:
+            chosen = set(offered)
+            status = before.get("status")
+            row["status"] = status if status in WINDOW_STATUSES else (
+                F.PROVIDED if offered or row["existing"] else "")
+            row["problem"] = before.get("problem") or ""
+        row["offered"] = [{"sha": s, "checked": s in chosen, "uploaded": s in kept.get(i, ())}
+                          for s in offered]
+    return rows
+
+
+def _window_page(error=None, status=200, **context):
+    context.setdefault("q", "")
+    return render_template("cases/window.html", error=error, **context), status
+
+
+def _stations_context(item, delivery_station):
+    node = _node()
+    return {"stations": _stations(node), "delivery_station": delivery_station or node,
+            "decisions": _decisions(item)}
+
+
+def _checklist_page(desk, item, applicant_number, *, state=None, number=None, profile=None,
+                    history=None, error=None, status=200, kept=None, proxy_kept=None):
+    """The window's step (b): the checklist form of ``item`` for this applicant."""
+    posted = request.method == "POST" and request.form.get("step") == "decide"
+    key = desk.applicant_key(applicant_number)
+    rows = _checklist_rows(desk, item, key, state=state, posted=posted, kept=kept)
+    if posted:
+        values = {f: _text(f, 200) for f in ("name", "phone", "address", "proxy_number",
+                                              "proxy_name", "proxy_phone", "commitment_note")}
+        delivery = request.form.get("delivery_station")
+    else:
+        profile = profile or {}
+        values = {f: profile.get(f, "") for f in ("name", "phone", "address")}
+        delivery = (state or {}).get("delivery_station")
+    return _window_page(
+        error, status, step="checklist", item=item, rows=rows, values=values,
+        applicant_number=applicant_number, number=number, history=history,
+        proxy_kept=proxy_kept or request.form.get("proxy_authorisation", ""),
+        **_stations_context(item, delivery))
+
+
+def _search_context(q):
+    q = q[:MAX_QUERY]
+    results = active.search(_db(), q, limit=30) if q else []
+    return {"q": q, "results": results}
+
+
+@bp.route("/window", methods=["GET", "POST"])
+@staff_required("clerk")
+def window():
+    """Acceptance at the window: choose the item and the applicant, then the checklist."""
+    if request.method == "POST":
+        if request.form.get("step") == "decide":
+            return _window_decide()
+        return _window_lookup()
+    number = (request.args.get("number") or "").strip()
+    if number:
+        return _window_continue(number)
+    item_id = (request.args.get("item") or "").strip()
+    context = _search_context((request.args.get("q") or "").strip())
+    if not item_id:
+        return _window_page(step="search", **context)
+    item = active.active_item(_db(), item_id)
+    if item is None:
+        return _window_page(f"事项 {item_id} 不在本站现行的事项目录中。", 404, step="search",
+                            **context)
+    return _window_page(step="applicant", item=item, tier_error=_check_tier(item), **context)
+
+
+def _window_lookup():
+    """Step (a) done: check the number, show the applicant's history and the checklist."""
+    desk = web.desk()
+    item_id = request.form.get("item", "")
+    item = active.active_item(_db(), item_id)
+    if item is None:
+        return _window_page(f"事项 {item_id} 不在本站现行的事项目录中。", 404, step="search")
+    tier_error = _check_tier(item)
+    applicant_number = _text("applicant", 40)
+    try:
+        if tier_error:
+            raise CaseError(tier_error)
+        _, normalised = desk.check_number(applicant_number)
+    except CaseError as exc:
+        return _window_page(exc.message, 400, step="applicant", item=item,
+                            tier_error=tier_error, applicant=applicant_number)
+    key = desk.applicant_key(normalised)
+    history = index.cases_of_applicant(_db(), key)
+    profile = desk.history_profile(key)
+    web.audit_view(current_staff(), "window_applicant", key,
+                   {"item": item["id"], "history": len(history)})
+    for row in history:
+        row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
+    return _checklist_page(desk, item, normalised, profile=profile, history=history)
+
+
+def _window_continue(number):
+    """Continue a pre-applied case, or one that got a one-time notice."""
+    desk = web.desk()
+    header, _, state = _load(desk, number)
+    if state["status"] not in (F.PREAPPLIED, F.AWAITING):
+        return message_page(409, "不能在窗口继续受理",
+                            f"办件 {number} 当前状态为“{state['status_label']}”，"
+                            "请在办件页面办理。")
+    item = desk.item(header["item"])
+    profile = desk.open_profile(header)
+    web.audit_view(current_staff(), "window_continue", number)
+    if not profile.get("number"):
+        return message_page(409, "不能在窗口继续受理", "本站无法读取该办件的申请人信息。")
+    return _checklist_page(desk, item, profile["number"], state=state, number=number,
+                           profile=profile)
+
+
+def _posted_materials(rows, uploads):
+    """``{index: {"status", "scans", "problem"}}`` of the submitted checklist."""
+    materials = {}
+    for row in rows:
+        if row["auto"]:
+            continue
+        i = row["index"]
+        status = request.form.get(f"m{i}_status") or ""
+        entry = {"problem": _text(f"m{i}_problem", 300)}
+        if status:
+            entry["status"] = status
+        if status not in (F.MISSING, F.COMMITTED):
+            entry["scans"] = _shas(request.form.getlist(f"m{i}_reuse") + uploads.get(i, []))
+        materials[i] = entry
+    return materials
+
+
+def _posted_proxy(item, uploads):
+    fields = {f: _text(f"proxy_{f}", 100) for f in ("number", "name", "phone")}
+    if not item.get("proxy_allowed") or not (fields["number"] or fields["name"]):
+        return None
+    fields["authorisation"] = (uploads.get("proxy") or [None])[0] or \
+        (_shas([request.form.get("proxy_authorisation", "")]) or [None])[0]
+    return fields
+
+
+def _window_decide():
+    """Step (b): the decision. Success goes to the receipt or the notice."""
+    desk = web.desk()
+    number = request.form.get("number") or None
+    state = None
+    if number:
+        header, _, state = _load(desk, number)
+        item = desk.item(header["item"])
+    else:
+        item = active.active_item(_db(), request.form.get("item", ""))
+        if item is None:
+            return _window_page("请先选择事项。", 400, step="search")
+    applicant_number = _text("applicant", 40)
+    try:
+        _, applicant_number = desk.check_number(applicant_number)
+    except CaseError as exc:
+        return _window_page(exc.message, 400, step="applicant", item=item,
+                            applicant=applicant_number)
+    rows = desk.checklist(item, desk.applicant_key(applicant_number))
+    fields = {row["index"]: (f"m{row['index']}_files", row["name"])
+              for row in rows if not row["auto"]}
+    if item.get("proxy_allowed"):
+        fields["proxy"] = ("proxy_file", "授权委托书")
+    try:
+        uploads = _read_uploads(fields)
+    except (blobmod.BlobRefused, CaseError) as exc:
+        return _checklist_page(desk, item, applicant_number, state=state, number=number,
+                               error=exc.message, status=400)
+    kept = {k: v for k, v in uploads.items() if k != "proxy"}
+    proxy_kept = (uploads.get("proxy") or [""])[0]
+    try:
+        station = request.form.get("delivery_station") or _node()
+        if station not in {code for code, _ in _stations(_node())}:
+            raise CaseError("请选择正确的领取站点。")
+        applicant = ApplicantInput(number=applicant_number, name=_text("name", 100),
+                                   phone=_text("phone", 40), address=_text("address", 200))
+        number = desk.receive(
+            item["id"], applicant, _posted_materials(rows, uploads),
+            request.form.get("decision", ""), web.actor(current_staff()),
+            delivery_station=station, proxy=_posted_proxy(item, uploads), number=number,
+            commitment_note=_text("commitment_note", 500))
+    except CaseError as exc:
+        return _checklist_page(desk, item, applicant_number, state=state,
+                               number=request.form.get("number") or None, error=exc.message,
+                               status=400, kept=kept, proxy_kept=proxy_kept)
+    target = "cases.notice" if request.form.get("decision") == "notice" else "cases.receipt"
+    return redirect(url_for(target, number=number))
+
+
+# -- the case --------------------------------------------------------------------------------
+
+def _decide_blocked(state, staff):
+    """Why this approver may not approve now (None when they may)."""
+    if state["outstanding"]:
+        names = "、".join(state["materials"][k]["name"] for k in state["outstanding"])
+        return f"仍有容缺材料未补齐（{names}），不能审批通过。"
+    pending = [d for d, o in state["parallel"].items() if o is None]
+    if pending:
+        return "并联部门意见未齐：" + "、".join(pending) + "。"
+    lead = state.get("lead_department")
+    if state["parallel"] and lead and staff.department and staff.department != lead:
+        return f"本事项由牵头部门（{lead}）作出决定。"
+    return None
+
+
+def _approver_actions(state, staff, found):
+    last = state["route_index"] == len(state["route"]) - 1
+    if not last:
+        found.add("forward")
+    department = staff.department
+    if department and state["parallel"].get(department, False) is None:
+        found.add("opinion")
+    found.update({"request_supplement", "transfer"})
+    if last:
+        found.add("reject")
+        if _decide_blocked(state, staff) is None:
+            found.add("approve")
+
+
+def available_actions(state, staff, node):
+    """The actions ``staff`` may take on the case now, at ``node`` (a set of names)."""
+    status, found = state["status"], set()
+    if staff.has_role("clerk"):
+        if status == F.SUPPLEMENTING or (status == F.HANDLING and state["outstanding"]):
+            found.add("supplement")
+        if status == F.READY:
+            found.add("deliver")
+    if staff.has_role("clerk", "supervisor") and status in F.OPEN_STATUSES:
+        found.add("change_delivery")
+    if staff.has_role("approver") and status == F.HANDLING and state["stage"] == node:
+        _approver_actions(state, staff, found)
+    if staff.has_role("supervisor") and any(c["stage"] != "replied"
+                                            for c in state["complaints"]):
+        found.add("complaint")
+    if staff.has_role("supervisor", "approver") and state["postcheck"] and \
+            state["postcheck"].get("result") is None:
+        found.add("postcheck")
+    return found
+
+
+def _supplement_targets(state):
+    """The materials a supplement is asked for: those outstanding, else all of them."""
+    keys = state["outstanding"] or sorted((k for k in state["materials"] if int(k) >= 0),
+                                          key=int)
+    return [{"index": int(k), **state["materials"][k]} for k in keys]
+
+
+def _materials_view(state):
+    return [{"index": int(k), "number": int(k) + 1, **m}
+            for k, m in sorted(state["materials"].items(), key=lambda kv: int(kv[0]))
+            if int(k) >= 0]
+
+
+def _agent(desk, header):
+    """The agent's decrypted name and number of a proxied case (None without proxy)."""
+    proxy = header.get("proxy")
+    if not isinstance(proxy, dict) or not proxy.get("agent"):
+        return None
+    try:
+        return personal.open_profile(desk.region_key, proxy["agent_key"], proxy["agent"])
+    except (personal.ProfileUnreadable, KeyError, TypeError):
+        return {}
+
+
+def _case_page(number, error=None, status=200):
+    desk = web.desk()
+    header, _, state = _load(desk, number)
+    staff = current_staff()
+    web.audit_view(staff, "view_case", number)
+    node = _node()
+    actions = available_actions(state, staff, node)
+    due = _due(state, desk.calendar)
+    days_left = _days_left(desk.calendar, _today(), due)
+    blocked = None
+    if staff.has_role("approver") and state["status"] == F.HANDLING and \
+            state["stage"] == node and state["route_index"] == len(state["route"]) - 1:
+        blocked = _decide_blocked(state, staff)
+    body = render_template(
+        "cases/case.html", header=header, state=state, item_id=index.item_id_of(header["item"]),
+        profile=desk.open_profile(header),
+        agent=_agent(desk, header), actions=actions,
+        agent_scans=state.get("proxy_scans", []), error=error, node=node,
+        done=DONE_MESSAGES.get(request.args.get("done", "")), due=due, days_left=days_left,
+        card=_card(days_left), materials=_materials_view(state), approve_blocked=blocked,
+        supplement_targets=_supplement_targets(state) if "supplement" in actions else [],
+        stations=_stations(node) if "change_delivery" in actions else [],
+        open_complaints=[c for c in state["complaints"] if c["stage"] != "replied"])
+    return current_app.response_class(body, status=status, mimetype="text/html")
+
+
+@bp.route("/<number>")
+@staff_required(*CASE_ROLES)
+def case(number):
+    """The case: applicant, status, materials, timeline and the actions open to this member."""
+    return _case_page(number)
+
+
+@bp.route("/<number>/scans/<sha>")
+@staff_required(*CASE_ROLES)
+def scan(number, sha):
+    """One scanned material of a case (audited: scans show personal data)."""
+    if not _SHA.fullmatch(sha):
+        return message_page(404, "找不到扫描件", "扫描件编号无效。")
+    desk = web.desk()
+    _load(desk, number)
+    try:
+        data, mime = desk.scan(number, sha)
+    except CaseError as exc:
+        return message_page(404, "找不到扫描件", exc.message)
+    web.audit_view(current_staff(), "view_scan", number, {"sha256": sha})
+    response = current_app.response_class(
+        data, mimetype=mime if mime in SCAN_TYPES else "application/octet-stream")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    disposition = "inline" if mime in SCAN_TYPES else "attachment"
+    response.headers["Content-Disposition"] = f'{disposition}; filename="{sha[:12]}"'
+    return response
+
+
+def _act_supplement(desk, number, state, actor):
+    targets = _supplement_targets(state)
+    uploads = _read_uploads({t["index"]: (f"s{t['index']}_files", t["name"]) for t in targets})
+    materials = {}
+    for target in targets:
+        i = target["index"]
+        if uploads.get(i) or request.form.get(f"s{i}_original"):
+            materials[i] = uploads.get(i, [])
+    return desk.supplement(number, materials, actor)
+
+
+def _act_request_supplement(desk, number, state, actor):
+    indexes = [_int_or_none(v) for v in request.form.getlist("materials")]
+    if None in indexes:
+        raise CaseError("材料序号无效。")
+    return desk.request_supplement(number, actor, _text("reason"), indexes)
+
+
+def _act_approve(desk, number, state, actor):
+    licence = {f: _text(f"licence_{f}", 200) for f in ("name", "number", "valid_until")}
+    if licence["valid_until"]:
+        try:
+            datetime.date.fromisoformat(licence["valid_until"])
+        except ValueError:
+            raise CaseError("证照有效期请按 年-月-日 填写，如 2030-12-31。")
+    return desk.approve(number, actor, _text("result", 500),
+                        licence=licence if any(licence.values()) else None)
+
+
+def _act_complaint(desk, number, state, actor):
+    stage = request.form.get("stage")
+    if stage not in F.COMPLAINT_STAGES[1:]:
+        raise CaseError("请选择受理或答复投诉。")
+    return desk.handle_complaint(number, actor, request.form.get("complaint", ""), stage,
+                                 _text("text"))
+
+
+def _act_deliver(desk, number, state, actor):
+    to = request.form.get("to") or "applicant"
+    if to not in ("applicant", "agent"):
+        raise CaseError("请选择领取人。")
+    return desk.deliver(number, actor, to=to)
+
+
+def _act_change_delivery(desk, number, state, actor):
+    station = request.form.get("station", "")
+    if station not in {code for code, _ in _stations(_node())}:
+        raise CaseError("请选择正确的领取站点。")
+    return desk.change_delivery(number, actor, station)
+
+
+HANDLERS = {
+    "supplement": _act_supplement,
+    "forward": lambda desk, n, s, a: desk.forward(n, a, _text("text", 500)),
+    "opinion": lambda desk, n, s, a: desk.opinion(
+        n, a, request.form.get("opinion") == "agree", _text("text")),
+    "request_supplement": _act_request_supplement,
+    "approve": _act_approve,
+    "reject": lambda desk, n, s, a: desk.reject(n, a, _text("reason")),
+    "transfer": lambda desk, n, s, a: desk.transfer(n, a, _text("to", 20), _text("reason")),
+    "deliver": _act_deliver,
+    "change_delivery": _act_change_delivery,
+    "complaint": _act_complaint,
+    "postcheck": lambda desk, n, s, a: desk.check_commitment(
+        n, a, request.form.get("truthful") == "yes", _text("text")),
+}
+
+
+@bp.route("/<number>/<action>", methods=["POST"])
+@staff_required(*CASE_ROLES)
+def act(number, action):
+    """One action on the case; a refusal re-renders the case with the reason (409)."""
+    if action not in ACTIONS:
+        return message_page(404, "找不到页面", f"没有“{action}”这项操作。")
+    staff = current_staff()
+    if not staff.has_role(*ACTIONS[action]):
+        return message_page(403, "没有权限", "您的角色不能执行此操作。")
+    desk = web.desk()
+    _, _, state = _load(desk, number)
+    if action not in available_actions(state, staff, _node()):
+        reason = _decide_blocked(state, staff) if action == "approve" else None
+        return _case_page(number, error=reason or NOT_NOW, status=409)
+    try:
+        HANDLERS[action](desk, number, state, web.actor(staff))
+    except blobmod.BlobRefused as exc:
+        return _case_page(number, error=exc.message, status=400)
+    except CaseError as exc:
+        return _case_page(number, error=exc.message, status=409)
+    logger.info("case %s: %s by %s", number, action, staff.username)
+    return redirect(url_for("cases.case", number=number, done=action))
+
+
+# -- printables ------------------------------------------------------------------------------
+
+def _accepted_by(state):
+    return next((e["by"] for e in state["timeline"] if e["kind"] == "accepted"), {})
+
+
+@bp.route("/<number>/receipt")
+@staff_required(*CASE_ROLES)
+def receipt(number):
+    """The printable receipt (受理回执) with a QR code to the public progress page."""
+    desk = web.desk()
+    header, _, state = _load(desk, number)
+    if not state.get("accepted"):
+        return message_page(409, "尚未受理", f"办件 {number} 尚未受理，没有受理回执。"
+                            "如已出具一次性告知书，请打印告知书。")
+    profile = desk.open_profile(header)
+    web.audit_view(current_staff(), "print_receipt", number)
+    progress_url = request.host_url + "progress/" + number
+    materials = _materials_view(state)
+    due = _due(state, desk.calendar)
+    return render_template(
+        "cases/receipt.html", header=header, state=state, due=due,
+        applicant=personal.mask_name(profile.get("name", "")),
+        item=_item_or_none(desk, header["item"]) or {}, accepted_by=_accepted_by(state),
+        received=[m for m in materials if m["status"] in RECEIVED],
+        outstanding=[m for m in materials if m["status"] in F.OUTSTANDING],
+        progress_url=progress_url,
+        qr=Markup(qr_svg(progress_url, title="扫码查询办理进度")))
+
+
+@bp.route("/<number>/notice")
+@staff_required(*CASE_ROLES)
+def notice(number):
+    """The printable one-time notice (一次性告知书) of everything missing or defective."""
+    desk = web.desk()
+    header, events, state = _load(desk, number)
+    # A notice before acceptance, or the one given when accepting with a deficiency (容缺).
+    notices = [e for e in events_in_order(events) if e.get("kind") == "notice" or
+               (e.get("kind") == "accepted" and e.get("mode") == F.DEFICIENCY)]
+    if not notices:
+        return message_page(409, "没有一次性告知书", f"办件 {number} 没有出具一次性告知书。")
+    event = notices[-1]
+    missing = sorted((m for m in event.get("materials") or ()
+                      if m.get("status") in F.OUTSTANDING), key=lambda m: m.get("index", 0))
+    profile = desk.open_profile(header)
+    web.audit_view(current_staff(), "print_notice", number)
+    return render_template(
+        "cases/notice.html", header=header, state=state, missing=missing, event=event,
+        deficiency_due=event.get("deficiency_due") if event.get("kind") == "accepted" else None,
+        date=_hlc_date(event.get("hlc")), by=event.get("by") or {},
+        applicant=personal.mask_name(profile.get("name", "")),
+        item=_item_or_none(desk, header["item"]) or {})
+
+
+# -- handle anywhere -------------------------------------------------------------------------
+
+def _found_rows(cases):
+    rows = []
+    for found in cases:
+        state = index.state_of(_db(), found.get("number", ""))
+        item = None if state else active.active_item(_db(), index.item_id_of(found.get("item")))
+        rows.append({**found, "held": state is not None,
+                     "item_name": (state or {}).get("item_name") or (item or {}).get("name")
+                     or index.item_id_of(found.get("item")),
+                     "status_label": (state or {}).get("status_label", "尚未同步到本站")})
+    return rows
+
+
+@bp.route("/find", methods=["GET", "POST"])
+@staff_required(*CASE_ROLES)
+def find():
+    """Handle anywhere: a person's cases across the region, by ID number or credit code."""
+    if request.method == "GET":
+        return render_template("cases/find.html", rows=None, answer=None, error=None)
+    desk = web.desk()
+    typed = _text("applicant", 40)
+    try:
+        key = desk.applicant_key(typed)
+    except CaseError as exc:
+        return render_template("cases/find.html", rows=None, answer=None, error=exc.message,
+                               applicant=typed), 400
+    answer = web.find_cases(key)
+    cases = answer.get("cases") or []
+    web.audit_view(current_staff(), "find_cases", key,
+                   {"found": len(cases), "complete": bool(answer.get("complete"))})
+    return render_template("cases/find.html", rows=_found_rows(cases), answer=answer,
+                           error=None, applicant=typed)
+
+
+def init_app(app):
+    """Register the staff case pages."""
+    app.register_blueprint(bp)

@@ -1,0 +1,429 @@
+"""Staff case pages: the window, the case and its actions, printables, queues, look-up.
+
+Every test drives the pages through the Flask test client of the nodes of an in-process
+region (tests/casekit.py), logged in as real staff accounts, and checks what the staff
+member would see and what the stores hold afterwards.
+"""
+
+import hashlib
+import io
+import re
+
+import pytest
+
+from shared.cases import fold as F
+from shared.cases.index import state_of
+from shared.catalog.qr import qr_svg
+from shared.lookup import OFFLINE_MESSAGE
+from shared.views import cases
+from tests import casekit
+from tests.casekit import CITIZEN, PDF, TOWNSHIP, VILLAGE_A, VILLAGE_B
+from tests.conftest import add_account
+
+PASSWORD = "pages-pw-123"
+#: Township item decided at the township; materials 0 and 1 are brought, 2-5 are shared.
+LOW_INCOME = "GD-LS-04"
+#: County item without deficiency acceptance; material 0 shared, 1 and 2 brought.
+SENIOR_CARD = "GD-LS-12"
+#: County item via the township; materials 0 and 1 shared, 2 and 3 brought.
+PENSION = "GD-LS-02"
+
+
+@pytest.fixture
+def kit(tmp_path):
+    """The region, every node serving the case pages with the kit's desk, and staff."""
+    kit = casekit.Kit(tmp_path)
+    for code, app in kit.apps.items():
+        app.extensions["case_desk"] = kit.desk(code)
+        if "cases" not in app.blueprints:
+            cases.init_app(app)
+    add_account(kit.apps[VILLAGE_A], "clerk-a", PASSWORD, roles=("clerk",),
+                full_name="王小明", office_phone="0660-3300001")
+    add_account(kit.apps[VILLAGE_B], "clerk-b", PASSWORD, roles=("clerk",),
+                full_name="林小红", office_phone="0660-3300003")
+    add_account(kit.apps[TOWNSHIP], "approver-t", PASSWORD, roles=("approver",),
+                full_name="李审批", office_phone="0660-3300002")
+    add_account(kit.apps[TOWNSHIP], "super-t", PASSWORD, roles=("supervisor",),
+                full_name="赵督查", office_phone="0660-3300009")
+    yield kit
+    kit.close()
+
+
+def login(kit, code, username):
+    """A browser logged in as ``username`` at node ``code``."""
+    client = kit.apps[code].test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    response = client.post("/login", data={"username": username, "password": PASSWORD,
+                                           "csrf_token": token})
+    assert response.status_code == 302
+    return client
+
+
+def csrf(client):
+    """The session's CSRF token, as a page's forms carry it."""
+    page = client.get("/cases/").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def text(response):
+    return response.get_data(as_text=True)
+
+
+def decide(client, item, decision, statuses, files=None, token=True, **extra):
+    """Submit the window's checklist form (step b); ``token=False`` sends no CSRF token."""
+    data = {"step": "decide", "item": item, "applicant": CITIZEN, "name": "陈阿婆",
+            "phone": "13800138000", "address": "海丰县海城镇某村 12 号",
+            "decision": decision}
+    if token:
+        data["csrf_token"] = csrf(client)
+    for index, status in statuses.items():
+        data[f"m{index}_status"] = status
+    for index, (content, filename) in (files or {}).items():
+        data[f"m{index}_files"] = (io.BytesIO(content), filename)
+    data.update(extra)
+    return client.post("/cases/window", data=data, content_type="multipart/form-data")
+
+
+def number_from(response):
+    match = re.fullmatch(r"/cases/([0-9]+-[0-9]{8}-[0-9]+)/(receipt|notice)", response.location)
+    assert match, response.location
+    return match.group(1)
+
+
+def case_count(kit, code):
+    return kit.store(code).db.execute_sql("SELECT count(*) FROM case_state").fetchone()[0]
+
+
+def audit_rows(kit, code):
+    """``(staff, action, subject)`` of the node's audit log, oldest first."""
+    db = kit.store(code).db
+    if not db.execute_sql("SELECT 1 FROM sqlite_master WHERE name = 'audit_log'").fetchone():
+        return []
+    return [tuple(row) for row in db.execute_sql(
+        "SELECT staff, action, subject FROM audit_log ORDER BY seq").fetchall()]
+
+
+def accept_low_income(kit, client, decision="accept", statuses=None, files=None):
+    """Accept the township item at village A through the window; returns the number."""
+    statuses = statuses or {0: "provided", 1: "provided"}
+    files = files if files is not None else {0: (PDF, "申请书.pdf")}
+    response = decide(client, LOW_INCOME, decision, statuses, files)
+    assert response.status_code == 302, text(response)
+    return number_from(response)
+
+
+# -- login and roles ---------------------------------------------------------------------------
+
+def test_pages_need_a_login_and_the_right_role(kit):
+    anonymous = kit.apps[VILLAGE_A].test_client()
+    response = anonymous.get("/cases/window")
+    assert response.status_code == 302 and "/login" in response.location
+    approver = login(kit, TOWNSHIP, "approver-t")
+    refused = approver.get("/cases/window")
+    assert refused.status_code == 403
+    assert "没有权限" in text(refused)
+
+
+def test_a_clerk_cannot_approve(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.sync()
+    # Even at the deciding township, a clerk account gets 403 for a decision.
+    add_account(kit.apps[TOWNSHIP], "clerk-t", PASSWORD, roles=("clerk",))
+    township_clerk = login(kit, TOWNSHIP, "clerk-t")
+    response = township_clerk.post(f"/cases/{number}/approve",
+                                   data={"csrf_token": csrf(township_clerk)})
+    assert response.status_code == 403
+    assert state_of(kit.store(TOWNSHIP).db, number)["status"] == F.HANDLING
+    assert 'id="action-approve"' not in text(township_clerk.get(f"/cases/{number}"))
+
+
+# -- the window ---------------------------------------------------------------------------------
+
+def test_window_search_lookup_and_checklist(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    found = text(clerk.get("/cases/window", query_string={"q": "低保"}))
+    assert f"item={LOW_INCOME}" in found
+    chosen = text(clerk.get("/cases/window", query_string={"item": LOW_INCOME}))
+    assert 'id="applicant-form"' in chosen
+    bad = clerk.post("/cases/window", data={"step": "lookup", "item": LOW_INCOME,
+                                            "applicant": CITIZEN[:-1] + "0",
+                                            "csrf_token": csrf(clerk)})
+    assert bad.status_code == 400
+    assert "校验" in text(bad)
+    page = clerk.post("/cases/window", data={"step": "lookup", "item": LOW_INCOME,
+                                             "applicant": CITIZEN, "csrf_token": csrf(clerk)})
+    html = text(page)
+    assert page.status_code == 200
+    assert 'id="checklist-form"' in html
+    # Shared materials are not asked for; brought ones get the status choices and uploads.
+    assert html.count("免提交：已通过共享数据核验") == 4
+    assert 'name="m0_status"' in html and 'name="m2_status"' not in html
+    assert 'id="decide-deficiency"' in html and 'id="decide-commitment"' not in html
+
+
+def test_accept_at_the_window_prints_a_receipt_with_number_and_qr(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    assert number.startswith(VILLAGE_A + "-")
+    state = state_of(kit.store(VILLAGE_A).db, number)
+    assert state["status"] == F.HANDLING and state["stage"] == TOWNSHIP
+    assert len(state["materials"]["0"]["scans"]) == 1
+    receipt = clerk.get(f"/cases/{number}/receipt")
+    html = text(receipt)
+    assert receipt.status_code == 200
+    assert f'id="case-number">{number}<' in html
+    url = f"http://localhost/progress/{number}"
+    assert f'id="progress-url">{url}<' in html
+    assert qr_svg(url, title="扫码查询办理进度") in html
+    assert "陈**" in html and "陈阿婆" not in html
+    assert "0660-3333000" in html and "12345" in html
+    assert "@media print" in html
+
+
+def test_notice_lists_every_missing_material_and_the_case_continues_elsewhere(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, PENSION, "notice", {2: "missing", 3: "defective"},
+                      m3_problem="未签名")
+    assert response.status_code == 302
+    assert response.location.endswith("/notice")
+    number = number_from(response)
+    html = text(clerk.get(f"/cases/{number}/notice"))
+    rows = re.findall(r'class="material-name">([^<]+)<', html)
+    assert rows == ["社会保障卡或本人银行账户信息", "城乡居民基本养老保险待遇领取申请表（通知表）"]
+    assert "未签名" in html and "一次性告知" in html and "0660-3333000" in html
+    assert clerk.get(f"/cases/{number}/receipt").status_code == 409
+    # The citizen brings everything to village B, which continues the same case.
+    kit.sync()
+    other = login(kit, VILLAGE_B, "clerk-b")
+    form = text(other.get("/cases/window", query_string={"number": number}))
+    assert 'value="陈阿婆"' in form and f'name="number" value="{number}"' in form
+    done = decide(other, PENSION, "accept", {2: "provided", 3: "provided"}, number=number)
+    assert done.status_code == 302 and number_from(done) == number
+    assert state_of(kit.store(VILLAGE_B).db, number)["status"] == F.HANDLING
+
+
+def test_deficiency_refused_for_an_item_that_does_not_allow_it(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, SENIOR_CARD, "deficiency", {1: "missing", 2: "provided"})
+    assert response.status_code == 400
+    assert "不允许容缺受理" in text(response)
+    assert case_count(kit, VILLAGE_A) == 0
+
+
+def test_text_upload_refused_with_the_message_and_nothing_kept(kit, tmp_path):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, LOW_INCOME, "accept", {0: "provided", 1: "provided"},
+                      files={0: (PDF, "ok.pdf"), 1: (b"just some notes\n", "note.txt")})
+    assert response.status_code == 400
+    assert "只接受 JPG、PNG 或 PDF 格式的扫描件" in text(response)
+    assert case_count(kit, VILLAGE_A) == 0
+    # The good file in the same form is not stored either: nothing changes.
+    stored = [p for p in (tmp_path / VILLAGE_A / "blobs").rglob("*") if p.is_file()]
+    assert stored == []
+
+
+def test_a_refused_decision_keeps_the_uploaded_scans_offered(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, LOW_INCOME, "accept", {0: "provided", 1: "missing"},
+                      files={0: (PDF, "a.pdf")})
+    assert response.status_code == 400
+    html = text(response)
+    assert "仍缺少或不符合要求的材料" in html
+    digest = hashlib.sha256(PDF).hexdigest()
+    assert f'name="m0_reuse" value="{digest}" checked' in html
+    assert case_count(kit, VILLAGE_A) == 0
+
+
+def test_missing_csrf_token_is_refused_and_changes_nothing(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, LOW_INCOME, "accept", {0: "provided", 1: "provided"},
+                      token=False)
+    assert response.status_code == 400
+    assert case_count(kit, VILLAGE_A) == 0
+    number = accept_low_income(kit, clerk)
+    refused = clerk.post(f"/cases/{number}/change_delivery", data={"station": VILLAGE_A})
+    assert refused.status_code == 400
+    assert len(state_of(kit.store(VILLAGE_A).db, number)["timeline"]) == 1
+
+
+# -- queues, decisions, delivery ----------------------------------------------------------------
+
+def test_approver_queue_approve_and_deliver_through_the_pages(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    approver = login(kit, TOWNSHIP, "approver-t")
+    assert number not in text(approver.get("/cases/"))
+    kit.sync()
+    queue = text(approver.get("/cases/"))
+    assert 'id="count-queue">1<' in queue
+    assert f'data-number="{number}"' in queue
+    page = text(approver.get(f"/cases/{number}"))
+    assert 'id="action-approve"' in page and 'id="action-forward"' not in page
+    refused = approver.post(f"/cases/{number}/reject",
+                            data={"reason": " ", "csrf_token": csrf(approver)})
+    assert refused.status_code == 409
+    assert "不予批准须写明理由" in text(refused)
+    assert state_of(kit.store(TOWNSHIP).db, number)["status"] == F.HANDLING
+    approved = approver.post(f"/cases/{number}/approve", data={
+        "result": "准予纳入低保", "licence_name": "低保证", "licence_number": "DB-001",
+        "licence_valid_until": "2030-12-31", "csrf_token": csrf(approver)})
+    assert approved.status_code == 302
+    assert "已审批通过" in text(approver.get(approved.location))
+    kit.sync()
+    ready = text(clerk.get("/cases/"))
+    assert 'id="count-ready">1<' in ready
+    delivered = clerk.post(f"/cases/{number}/deliver",
+                           data={"to": "applicant", "csrf_token": csrf(clerk)})
+    assert delivered.status_code == 302
+    state = state_of(kit.store(VILLAGE_A).db, number)
+    assert state["status"] == F.DONE and state["delivered"]["node"] == VILLAGE_A
+    html = text(clerk.get(f"/cases/{number}"))
+    assert 'data-status="done"' in html
+    assert "李审批" in html and "0660-3300002" in html  # the approver in the timeline
+    assert 'id="no-actions"' in html
+
+
+def test_deficiency_blocks_approval_until_the_clerk_supplements(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk, "deficiency", {0: "provided", 1: "missing"})
+    receipt = text(clerk.get(f"/cases/{number}/receipt"))
+    assert 'id="deficiency-due"' in receipt and "家庭经济状况核对授权书" in receipt
+    kit.sync()
+    approver = login(kit, TOWNSHIP, "approver-t")
+    page = text(approver.get(f"/cases/{number}"))
+    assert 'id="approve-blocked"' in page and 'id="action-approve"' not in page
+    blocked = approver.post(f"/cases/{number}/approve", data={"csrf_token": csrf(approver)})
+    assert blocked.status_code == 409 and "容缺材料未补齐" in text(blocked)
+    supplied = clerk.post(f"/cases/{number}/supplement", data={
+        "s1_files": (io.BytesIO(PDF), "授权书.pdf"), "csrf_token": csrf(clerk)},
+        content_type="multipart/form-data")
+    assert supplied.status_code == 302
+    assert state_of(kit.store(VILLAGE_A).db, number)["outstanding"] == []
+    kit.sync()
+    assert 'id="action-approve"' in text(approver.get(f"/cases/{number}"))
+
+
+def test_case_views_and_scans_are_audited(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    before = len(audit_rows(kit, VILLAGE_A))
+    page = text(clerk.get(f"/cases/{number}"))
+    assert "陈阿婆" in page and "13800138000" in page
+    assert audit_rows(kit, VILLAGE_A)[before:] == [("clerk-a", "view_case", number)]
+    sha = state_of(kit.store(VILLAGE_A).db, number)["materials"]["0"]["scans"][0]
+    scan = clerk.get(f"/cases/{number}/scans/{sha}")
+    assert scan.status_code == 200 and scan.mimetype == "application/pdf"
+    assert scan.data == PDF
+    assert audit_rows(kit, VILLAGE_A)[-1] == ("clerk-a", "view_scan", number)
+
+
+def test_supervisor_sees_everything_here_and_handles_a_complaint(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.desk(VILLAGE_A).complain(number, "窗口人员态度不好")
+    kit.sync()
+    supervisor = login(kit, TOWNSHIP, "super-t")
+    board = text(supervisor.get("/cases/"))
+    assert 'id="count-here">1<' in board and 'id="count-complaints">1<' in board
+    complaint = state_of(kit.store(TOWNSHIP).db, number)["complaints"][0]["id"]
+    answered = supervisor.post(f"/cases/{number}/complaint", data={
+        "complaint": complaint, "stage": "replied", "text": "已约谈，致歉",
+        "csrf_token": csrf(supervisor)})
+    assert answered.status_code == 302
+    state = state_of(kit.store(TOWNSHIP).db, number)
+    assert state["complaints"][0]["stage"] == "replied"
+    assert "已约谈，致歉" in text(supervisor.get(f"/cases/{number}"))
+
+
+# -- handle anywhere ----------------------------------------------------------------------------
+
+def test_find_lists_the_cases_of_a_person_and_says_when_offline(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.sync()
+    other = login(kit, VILLAGE_B, "clerk-b")
+    bad = other.post("/cases/find", data={"applicant": "123", "csrf_token": csrf(other)})
+    assert bad.status_code == 400
+    found = other.post("/cases/find", data={"applicant": CITIZEN, "csrf_token": csrf(other)})
+    html = text(found)
+    assert f'href="/cases/{number}"' in html and 'id="find-message"' not in html
+    assert audit_rows(kit, VILLAGE_B)[-1][:2] == ("clerk-b", "find_cases")
+    kit.apps[VILLAGE_B].config["PARENT_URL"] = "http://127.0.0.1:9"
+    offline = text(other.post("/cases/find", data={"applicant": CITIZEN,
+                                                   "csrf_token": csrf(other)}))
+    assert OFFLINE_MESSAGE in offline
+    assert f'href="/cases/{number}"' in offline
+
+
+def test_parallel_departments_give_opinions_and_the_lead_decides(kit):
+    add_account(kit.apps[TOWNSHIP], "lead-t", PASSWORD, roles=("approver",),
+                full_name="农业审批", department="农业农村")
+    add_account(kit.apps[TOWNSHIP], "land-t", PASSWORD, roles=("approver",),
+                full_name="资源审批", department="自然资源")
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, "GD-TEST-PAR", "accept", {0: "provided", 3: "provided",
+                                                       4: "provided"})
+    number = number_from(response)
+    kit.sync()
+    land, lead = login(kit, TOWNSHIP, "land-t"), login(kit, TOWNSHIP, "lead-t")
+    assert f'data-number="{number}"' in text(land.get("/cases/"))
+    page = text(land.get(f"/cases/{number}"))
+    assert 'id="action-opinion"' in page and 'id="action-approve"' not in page
+    assert "并联部门意见未齐" in page
+    given = land.post(f"/cases/{number}/opinion", data={
+        "opinion": "agree", "text": "符合规划", "csrf_token": csrf(land)})
+    assert given.status_code == 302
+    assert 'id="action-opinion"' not in text(land.get(f"/cases/{number}"))
+    lead.post(f"/cases/{number}/opinion", data={"opinion": "agree",
+                                                  "csrf_token": csrf(lead)})
+    # All opinions are in: only the lead department decides.
+    assert "由牵头部门（农业农村）作出决定" in text(land.get(f"/cases/{number}"))
+    assert lead.post(f"/cases/{number}/approve",
+                     data={"csrf_token": csrf(lead)}).status_code == 302
+    assert state_of(kit.store(TOWNSHIP).db, number)["status"] == F.READY
+
+
+def test_commitment_with_a_proxy_and_the_post_check(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, "GD-LS-13", "commitment", {2: "committed"},
+                      proxy_number=casekit.AGENT, proxy_name="陈代办",
+                      proxy_phone="13900139000", proxy_file=(io.BytesIO(PDF), "委托书.pdf"))
+    number = number_from(response)
+    receipt = text(clerk.get(f"/cases/{number}/receipt"))
+    assert "告知承诺受理" in receipt and 'id="postcheck-due"' in receipt
+    page = text(clerk.get(f"/cases/{number}"))
+    assert "陈代办" in page and "授权委托书" in page
+    kit.sync()
+    supervisor = login(kit, TOWNSHIP, "super-t")
+    assert f'data-number="{number}"' in text(supervisor.get("/cases/"))
+    checked = supervisor.post(f"/cases/{number}/postcheck", data={
+        "truthful": "yes", "text": "已核实", "csrf_token": csrf(supervisor)})
+    assert checked.status_code == 302
+    assert state_of(kit.store(TOWNSHIP).db, number)["postcheck"]["result"] == "truthful"
+    # An item that does not allow a proxy shows no proxy section.
+    form = text(clerk.post("/cases/window", data={"step": "lookup", "item": "GD-LS-18",
+                                                  "applicant": CITIZEN,
+                                                  "csrf_token": csrf(clerk)}))
+    assert 'id="checklist-form"' in form and 'id="proxy"' not in form
+
+
+def test_a_second_application_reuses_history_and_scans(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    first = accept_low_income(kit, clerk)
+    page = clerk.post("/cases/window", data={"step": "lookup", "item": LOW_INCOME,
+                                             "applicant": CITIZEN, "csrf_token": csrf(clerk)})
+    html = text(page)
+    assert f'href="/cases/{first}"' in html  # the earlier case in the history
+    assert 'name="name" value="陈阿婆"' in html and 'name="phone" value="13800138000"' in html
+    digest = hashlib.sha256(PDF).hexdigest()
+    assert f'name="m0_reuse" value="{digest}" checked' in html
+    assert 'name="m1_reuse"' not in html  # no earlier scan of that material
+    key = kit.desk(VILLAGE_A).applicant_key(CITIZEN)
+    assert audit_rows(kit, VILLAGE_A)[-1] == ("clerk-a", "window_applicant", key)
+    # Ticked reuse counts as provided: the second case carries the same scan.
+    again = decide(clerk, LOW_INCOME, "accept", {1: "provided"}, m0_reuse=digest)
+    second = number_from(again)
+    assert second != first
+    assert state_of(kit.store(VILLAGE_A).db, second)["materials"]["0"]["scans"] == [digest]

@@ -1,0 +1,440 @@
+"""The citizen's pages (progress with proof, rating, complaint, online pre-application,
+appointments) and the station's appointment page, on a small in-process region."""
+
+import datetime
+import html
+import re
+
+import pytest
+
+from shared import audit, identity, registry
+from shared.casedocs import CHINA_TIME
+from shared.cases import appointments as ap
+from shared.cases import fold as F
+from shared.views import appointments as appointment_pages
+from shared.views import progress
+from tests import casekit as K
+from tests.conftest import add_account
+
+NAMES = {K.TOWNSHIP: ("township", "海城镇便民服务中心"), K.VILLAGE_A: ("village", "东村服务站"),
+         K.VILLAGE_B: ("village", "西村服务站")}
+TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+PASSWORD = "window-pass-42"
+
+
+@pytest.fixture
+def kit(tmp_path):
+    """The region with named stations and the public pages on every node."""
+    kit = K.Kit(tmp_path)
+    county = kit.apps[K.COUNTY]
+    for code, (tier, name) in NAMES.items():
+        key = identity.b64(identity.public_key_bytes(identity.new_private_key()))
+        registry.publish_entry(kit.store(K.COUNTY), county.key, code=code, tier=tier,
+                               name=name, public_key=key)
+    kit.sync()
+    for code, app in kit.apps.items():
+        app.extensions["case_desk"] = kit.desk(code)
+        if "progress" not in app.blueprints:
+            progress.init_app(app)
+        if "appointments" not in app.blueprints:
+            appointment_pages.init_app(app)
+    yield kit
+    kit.close()
+
+
+@pytest.fixture
+def client(kit):
+    """A citizen's browser at village A."""
+    return kit.apps[K.VILLAGE_A].test_client()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def text(response):
+    return response.get_data(as_text=True)
+
+
+def element(page, element_id):
+    """The text inside the element with ``element_id`` (tags removed), or None."""
+    found = re.search(rf'<(\w+)[^>]*\bid="{element_id}"[^>]*>(.*?)</\1>', page, re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(2))).strip() if found else None
+
+
+def token(client, path="/progress"):
+    found = TOKEN.search(text(client.get(path)))
+    return found.group(1)
+
+
+def prove(client, number, proof):
+    return client.post("/progress", data={"number": number, "proof": proof,
+                                          "form_token": token(client)})
+
+
+def accepted_case(kit):
+    """A low-income (低保) case accepted at village A; the township decides it."""
+    desk = kit.desk(K.VILLAGE_A)
+    sha = K.upload(desk)
+    return desk.receive("GD-LS-04", K.applicant(), {0: {"scans": [sha]}, 1: {"scans": [sha]}},
+                        "accept", K.clerk())
+
+
+def decided_case(kit):
+    number = accepted_case(kit)
+    kit.sync()
+    kit.desk(K.TOWNSHIP).approve(number, K.approver(), "准予纳入最低生活保障")
+    kit.sync()
+    return number
+
+
+def state(kit, number, code=K.VILLAGE_A):
+    return kit.desk(code).load(number)[2]
+
+
+def case_count(kit, code=K.VILLAGE_A):
+    return kit.store(code).db.execute_sql("SELECT count(*) FROM case_state").fetchone()[0]
+
+
+def tomorrow():
+    return datetime.datetime.now(CHINA_TIME).date() + datetime.timedelta(days=1)
+
+
+# -- progress -------------------------------------------------------------------------------
+
+def test_progress_with_name_shows_every_step(kit, client):
+    number = decided_case(kit)
+    response = prove(client, number, " 陈阿婆 ")
+    assert response.status_code == 302
+    page = text(client.get(response.location))
+    assert element(page, "case-number") == number
+    assert element(page, "status") == "已办结，待领取"
+    assert element(page, "applicant") == "陈**"
+    assert "陈阿婆" not in page and "13800138000" not in page
+    steps = element(page, "timeline")
+    for shown in ("受理", "东村服务站", "王小明", "0660-3300001",
+                  "审批通过", "海城镇便民服务中心", "李审批", "0660-3300002",
+                  "准予纳入最低生活保障"):
+        assert shown in steps
+    due = F.due_date(state(kit, number), kit.calendar)
+    assert due is not None and element(page, "due-date") == due.isoformat()
+    assert element(page, "delivery-station") == "东村服务站"
+    assert "审批通过" in element(page, "decision")
+
+
+def test_progress_with_phone_last4(kit, client):
+    number = accepted_case(kit)
+    response = prove(client, number, "８０００")  # typed with a full-width keyboard
+    assert response.status_code == 302
+    page = text(client.get(f"/progress/{number}"))
+    assert element(page, "status") == "办理中"
+    assert element(page, "stage") == "海城镇便民服务中心"
+
+
+def test_wrong_proof_and_unknown_number_get_one_answer(kit, client):
+    number = accepted_case(kit)
+    unknown = f"{K.VILLAGE_A}-20240105-0042"
+    answers = [prove(client, number, "陈阿公"), prove(client, number, "1234"),
+               prove(client, unknown, "陈阿婆")]
+    for response in answers:
+        assert response.status_code == 404
+        page = text(response)
+        assert element(page, "message") == progress.MISMATCH
+        assert "东村服务站" in element(page, "not-held")
+        assert "最低生活保障" not in page
+    assert len({element(text(r), "not-held") for r in answers}) == 1
+    # nothing was proven: the case page still asks for the proof
+    assert 'id="status"' not in text(client.get(f"/progress/{number}"))
+
+
+def test_malformed_number_says_how_it_is_written(client):
+    response = prove(client, "12345", "陈阿婆")
+    assert response.status_code == 400
+    assert "格式不正确" in element(text(response), "message")
+
+
+def test_qr_link_opens_the_form_with_the_number(kit, client):
+    number = accepted_case(kit)
+    page = text(client.get(f"/progress/{number}"))
+    assert f'id="number" name="number" value="{number}"' in page
+    assert 'id="status"' not in page
+
+
+def test_station_without_the_case_points_to_the_accepting_station(kit):
+    number = accepted_case(kit)  # not synced: village B does not hold it
+    response = prove(kit.apps[K.VILLAGE_B].test_client(), number, "陈阿婆")
+    assert response.status_code == 404
+    hint = element(text(response), "not-held")
+    assert "东村服务站" in hint and "县级" in hint
+
+
+def test_outstanding_materials_are_listed(kit, client):
+    desk = kit.desk(K.VILLAGE_A)
+    number = desk.receive("GD-LS-04", K.applicant(), {0: {"scans": [K.upload(desk)]}},
+                          "notice", K.clerk())
+    prove(client, number, "陈阿婆")
+    page = text(client.get(f"/progress/{number}"))
+    assert element(page, "status") == "已一次性告知，待补齐材料"
+    missing = element(page, "outstanding")
+    assert "家庭经济状况核对授权书" in missing and "最低生活保障申请书" not in missing
+    assert element(page, "due-date") == "受理后开始计算"
+
+
+def test_rejection_shows_its_reason(kit, client):
+    number = accepted_case(kit)
+    kit.sync()
+    kit.desk(K.TOWNSHIP).reject(number, K.approver(), "家庭人均收入高于当地低保标准")
+    kit.sync()
+    prove(client, number, "陈阿婆")
+    shown = element(text(client.get(f"/progress/{number}")), "decision")
+    assert "不予批准" in shown and "家庭人均收入高于当地低保标准" in shown
+
+
+def test_rating_only_after_delivery_and_only_once(kit, client):
+    number = decided_case(kit)
+    prove(client, number, "陈阿婆")
+    assert 'id="rate-form"' not in text(client.get(f"/progress/{number}"))
+    early = client.post(f"/progress/{number}/rate",
+                        data={"score": "5", "form_token": token(client)})
+    assert early.status_code == 409
+    assert element(text(early), "error") == "结果送达后才能评价"
+
+    kit.desk(K.VILLAGE_A).deliver(number, K.clerk())
+    page = text(client.get(f"/progress/{number}"))
+    assert element(page, "status") == "已送达" and 'id="rate-form"' in page
+    bad = client.post(f"/progress/{number}/rate", data={"score": "9", "form_token": token(client)})
+    assert bad.status_code == 400 and element(text(bad), "error") == "请选择评价等级。"
+    assert state(kit, number)["rating"] is None
+
+    rated = client.post(f"/progress/{number}/rate",
+                        data={"score": "4", "text": "办事很快", "form_token": token(client)})
+    assert rated.status_code == 302
+    page = text(client.get(rated.location))
+    assert element(page, "rating-level") == "满意" and "办事很快" in page
+    assert 'id="rate-form"' not in page
+    again = client.post(f"/progress/{number}/rate",
+                        data={"score": "1", "form_token": token(client)})
+    assert again.status_code == 409
+    assert element(text(again), "error") == "该案件已评价，不能重复评价"
+    assert state(kit, number)["rating"]["score"] == 4
+
+
+def test_complaint_is_shown_with_its_stage_and_reply(kit, client):
+    number = accepted_case(kit)
+    prove(client, number, "陈阿婆")
+    empty = client.post(f"/progress/{number}/complain",
+                        data={"text": "  ", "form_token": token(client)})
+    assert empty.status_code == 400 and element(text(empty), "error") == "请填写投诉内容。"
+    sent = client.post(f"/progress/{number}/complain",
+                       data={"text": "等了很久没有人联系我", "form_token": token(client)})
+    assert sent.status_code == 302
+    page = text(client.get(sent.location))
+    assert "等了很久没有人联系我" in element(page, "complaint-1")
+    assert "已提交，待受理" in element(page, "complaint-1")
+
+    complaint = state(kit, number)["complaints"][0]["id"]
+    desk = kit.desk(K.VILLAGE_A)
+    desk.handle_complaint(number, K.clerk(), complaint, "accepted", "已转办理人员核实")
+    desk.handle_complaint(number, K.clerk(), complaint, "replied", "已核实，办理人员已电话联系您")
+    shown = element(text(client.get(f"/progress/{number}")), "complaint-1")
+    assert "已答复" in shown and "已核实，办理人员已电话联系您" in shown and "王小明" in shown
+
+
+def test_actions_need_the_proof_in_this_browser(kit, client):
+    number = decided_case(kit)
+    kit.desk(K.VILLAGE_A).deliver(number, K.clerk())
+    for path, data in ((f"/progress/{number}/rate", {"score": "1"}),
+                       (f"/progress/{number}/complain", {"text": "投诉"})):
+        response = client.post(path, data=dict(data, form_token=token(client)))
+        assert response.status_code == 403
+        assert element(text(response), "message") == progress.PROOF_NEEDED
+    assert state(kit, number)["rating"] is None and state(kit, number)["complaints"] == []
+
+
+def test_public_posts_without_the_form_token_are_refused(kit, client):
+    number = accepted_case(kit)
+    prove(client, number, "陈阿婆")
+    stranger = kit.apps[K.VILLAGE_A].test_client()
+    for sent in ({}, {"form_token": token(stranger)}):  # none, or another browser's
+        response = client.post(f"/progress/{number}/complain", data=dict(sent, text="投诉"))
+        assert response.status_code == 400
+        assert element(text(response), "message") == progress.FORM_REJECTED
+    assert state(kit, number)["complaints"] == []
+    before = case_count(kit)
+    response = client.post("/apply/GD-LS-13", data={
+        "id_number": K.CITIZEN, "name": "陈阿婆", "phone": "13800138000",
+        "station": K.VILLAGE_A})
+    assert response.status_code == 400 and case_count(kit) == before
+    slot = ap.publish_slots(kit.store(K.VILLAGE_A).db, tomorrow(), "09:00", "09:30", 30, 1,
+                            by="clerk-a")[0]
+    response = client.post("/appointments", data={
+        "slot": slot["id"], "id_number": K.CITIZEN, "name": "陈阿婆", "phone": "13800138000"})
+    assert response.status_code == 400
+    assert ap.get_slot(kit.store(K.VILLAGE_A).db, slot["id"])["booked"] == 0
+
+
+# -- online pre-application -------------------------------------------------------------------
+
+def apply(client, item_id, **fields):
+    data = {"id_number": K.CITIZEN, "name": "陈阿婆", "phone": "13800138000",
+            "address": "海丰县海城镇某村 12 号", "station": K.VILLAGE_A,
+            "form_token": token(client, f"/apply/{item_id}")}
+    data.update(fields)
+    return client.post(f"/apply/{item_id}", data=data, content_type="multipart/form-data")
+
+
+def test_preapplication_waits_at_the_chosen_station(kit, client):
+    listing = text(client.get("/apply"))
+    assert 'id="apply-GD-LS-04"' in listing and 'id="apply-GD-LS-14"' not in listing
+    form = text(client.get("/apply/GD-LS-04"))
+    assert "西村服务站" in form and "海城镇便民服务中心" in form
+    assert 'name="material-0"' in form and 'name="material-2"' not in form  # shared: not asked
+
+    from io import BytesIO
+    response = apply(client, "GD-LS-04", station=K.VILLAGE_B,
+                     **{"material-0": (BytesIO(K.PDF), "申请书.pdf")})
+    assert response.status_code == 302
+    number = response.location.rsplit("/", 1)[1]
+    done = text(client.get(response.location))
+    assert element(done, "case-number") == number
+    assert element(done, "station") == "西村服务站"
+    bring = element(done, "bring")
+    assert "最低生活保障申请书" in bring and "家庭经济状况核对授权书（原件，尚未上传）" in bring
+    assert f'href="/progress/{number}"' in done
+
+    folded = state(kit, number)
+    assert (folded["status"], folded["stage"]) == (F.PREAPPLIED, K.VILLAGE_B)
+    assert folded["materials"]["0"]["status"] == F.PROVIDED
+    assert folded["materials"]["1"]["status"] == F.MISSING
+    page = text(client.get(f"/progress/{number}"))
+    assert element(page, "status") == "网上预申请，待到站核验"
+
+
+def test_preapplication_of_an_item_needing_no_visit(client):
+    response = apply(client, "GD-LS-13")
+    assert response.status_code == 302
+    done = text(client.get(response.location))
+    assert element(done, "no-visit") is not None and element(done, "bring") is None
+
+
+def test_preapplication_refused_for_an_item_without_online_application(kit, client):
+    before = case_count(kit)
+    page = client.get("/apply/GD-LS-14")
+    assert page.status_code == 409 and "暂不支持网上申请" in element(text(page), "message")
+    response = client.post("/apply/GD-LS-14", data={
+        "id_number": K.CITIZEN, "name": "陈阿婆", "phone": "13800138000",
+        "station": K.VILLAGE_A, "form_token": token(client)})
+    assert response.status_code == 409 and "暂不支持网上申请" in element(text(response), "message")
+    assert case_count(kit) == before
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"id_number": "441521195003011230"}, "校验"),
+    ({"phone": "12345"}, "手机号码应为11位"),
+    ({"name": " "}, "请填写申请人姓名。"),
+    ({"station": "441521102001"}, "请选择办理站点。"),
+])
+def test_bad_preapplication_changes_nothing(kit, client, fields, message):
+    before = case_count(kit)
+    response = apply(client, "GD-LS-13", **fields)
+    assert response.status_code == 400
+    assert message in element(text(response), "error")
+    assert case_count(kit) == before
+
+
+def test_preapplication_refuses_a_file_that_is_no_scan(kit, client):
+    from io import BytesIO
+    before = case_count(kit)
+    response = apply(client, "GD-LS-04", **{"material-0": (BytesIO(b"hello"), "a.txt")})
+    assert response.status_code == 400
+    assert "只接受 JPG、PNG 或 PDF" in element(text(response), "error")
+    assert case_count(kit) == before
+
+
+# -- appointments -----------------------------------------------------------------------------
+
+def book(client, slot, number=K.CITIZEN, phone="13800138000"):
+    return client.post("/appointments", data={
+        "slot": slot, "id_number": number, "name": "陈阿婆", "phone": phone,
+        "form_token": token(client, "/appointments")})
+
+
+def test_booking_full_slot_and_cancel(kit, client):
+    db = kit.store(K.VILLAGE_A).db
+    slot = ap.publish_slots(db, tomorrow(), "09:00", "09:30", 30, 1, by="clerk-a")[0]
+    assert f'id="slot-{slot["id"]}"' in text(client.get("/appointments"))
+    booked = book(client, slot["id"])
+    assert booked.status_code == 302
+    code = element(text(client.get(booked.location)), "booking-code")
+    assert ap.find_booking(db, code)["slot"] == slot["id"]
+
+    other = kit.apps[K.VILLAGE_A].test_client()
+    assert "已约满" in element(text(other.get("/appointments")), "slots")
+    full = book(other, slot["id"], K.AGENT, "13900139000")
+    assert full.status_code == 409
+    assert element(text(full), "error") == "该时段已约满，请选择其他时段。"
+
+    cancel_token = token(other, "/appointments/cancel")
+    for sent in ({"code": code, "last4": "9000"}, {"code": "AAAAAA", "last4": "8000"}):
+        refused = other.post("/appointments/cancel", data=dict(sent, form_token=cancel_token))
+        assert refused.status_code == 404
+        assert element(text(refused), "message") == appointment_pages.CANCEL_MISMATCH
+    assert ap.get_slot(db, slot["id"])["remaining"] == 0
+    done = other.post("/appointments/cancel",
+                      data={"code": code.lower(), "last4": "8000", "form_token": cancel_token})
+    assert done.status_code == 200 and "已取消" in element(text(done), "message")
+    assert ap.get_slot(db, slot["id"])["remaining"] == 1
+    assert book(other, slot["id"], K.AGENT, "13900139000").status_code == 302
+
+
+def test_booking_with_a_wrong_id_number_is_refused(kit, client):
+    db = kit.store(K.VILLAGE_A).db
+    slot = ap.publish_slots(db, tomorrow(), "09:00", "09:30", 30, 1, by="clerk-a")[0]
+    response = book(client, slot["id"], number="441521195003011230")
+    assert response.status_code == 400 and element(text(response), "error")
+    assert ap.get_slot(db, slot["id"])["booked"] == 0
+
+
+def staff_login(client, username):
+    page = text(client.get("/login"))
+    return client.post("/login", data={"username": username, "password": PASSWORD,
+                                       "csrf_token": CSRF.search(page).group(1)})
+
+
+def test_station_publishes_slots_books_for_a_citizen_and_sees_masked_names(kit):
+    app = kit.apps[K.VILLAGE_A]
+    add_account(app, "clerk1", PASSWORD, roles=("clerk",), full_name="王小明")
+    add_account(app, "approver1", PASSWORD, roles=("approver",))
+    window = app.test_client()
+    assert staff_login(window, "clerk1").status_code == 302
+    day = tomorrow().isoformat()
+    csrf = CSRF.search(text(window.get("/appointments/admin"))).group(1)
+    bad = window.post("/appointments/admin/publish", data={
+        "day": day, "start": "09:00", "end": "09:45", "minutes": "30", "capacity": "2",
+        "csrf_token": csrf})
+    assert bad.status_code == 400 and "不能按每段 30 分钟整分" in element(text(bad), "error")
+    published = window.post("/appointments/admin/publish", data={
+        "day": day, "start": "09:00", "end": "10:00", "minutes": "30", "capacity": "2",
+        "csrf_token": csrf})
+    assert published.status_code == 302
+    slots = ap.open_slots(app.extensions["store"].db, day)
+    assert [(s["start"], s["end"]) for s in slots] == [("09:00", "09:30"), ("09:30", "10:00")]
+
+    booked = window.post("/appointments/admin/book", data={
+        "slot": slots[0]["id"], "id_number": K.CITIZEN, "name": "陈阿婆",
+        "phone": "13800138000", "day": day, "csrf_token": csrf})
+    assert booked.status_code == 302
+    page = text(window.get(booked.location))
+    row = element(page, "bookings")
+    assert "陈**" in row and "138****8000" in row and "陈阿婆" not in page
+    entries = audit.entries(app.extensions["store"].db, subject=f"appointments:{day}")
+    assert entries and entries[0]["staff"] == "clerk1"
+
+    code = ap.bookings(app.extensions["store"].db, day)[0]["code"]
+    cancelled = window.post("/appointments/admin/cancel",
+                            data={"code": code, "day": day, "csrf_token": csrf})
+    assert cancelled.status_code == 302
+    assert ap.find_booking(app.extensions["store"].db, code)["cancelled"]
+
+    approver = app.test_client()
+    staff_login(approver, "approver1")
+    assert approver.get("/appointments/admin").status_code == 403
