@@ -10,7 +10,9 @@ villages' enrolments to the county). Every node then runs ``tongban serve`` and
 The county publishes the sample catalog (``shared/data/catalog-sample.json``) as signed
 release 1: an editor account proposes it and an approver account approves it (two people).
 Once every node has verified and activated it, the demo edits one item, publishes release 2
-the same way and shows it arriving and activating at each node, then prints what
+the same way and shows it arriving and activating at each node. Then one case goes the
+whole way through the nodes' own pages (``shared/democase.py``): accepted at a village's
+window, approved by its township, delivered back at the village. Last, it prints what
 ``tongban info`` says about each node's catalog.
 
 Each node also gets a full-scope replicator account, only so that the demo can read the
@@ -36,6 +38,7 @@ import click
 import requests
 
 from shared import config as cfg
+from shared import democase
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +482,12 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
         echo(f"县级发布 / the county publishes release {number}: {REVISED_ITEM} → {name}")
         arrival = wait_for_release(nodes, number, changed_at, timeout, echo)
         echo("")
+        echo("一件办件走完全程 / one case end to end:")
+        for node in nodes:
+            democase.add_staff(node, known, _cli)
+        village = next(n for n in nodes if n.tier == "village")
+        case = democase.run_case(village, village.parent, known, echo, timeout)
+        echo("")
         echo("tongban info (目录 / catalog):")
         lines = info_lines(nodes)
         for node in nodes:
@@ -487,8 +496,11 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
         echo(f"目录编辑 / catalog authoring: {county.url}/admin/catalog (accounts {EDITOR} and "
              f"{APPROVER}, passwords in {known.path})")
         echo(f"公开目录 / public catalog at any node, e.g. {nodes[-1].url}/catalog")
+        echo(f"窗口受理 / the window: {village.url}/cases/window (account clerk); "
+             f"审批 / approvals: {village.parent.url}/cases/ (account approver); "
+             f"passwords in {known.path}")
         result = {"first": first_arrival, "release": number, "revision": arrival,
-                  "info": lines}
+                  "info": lines, "case": case}
         if exit_when_synced:
             return result
         echo("按 Ctrl-C 停止 / press Ctrl-C to stop")

@@ -1,6 +1,7 @@
 """The ``tongban`` command: node directories, accounts, info, serve, reindex, demo."""
 
 import json
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -200,6 +201,9 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
         assert info["enrolled"] is True, name
         assert info["catalog"]["release"] == 2 and info["catalog"]["items"] == 25, name
         assert info["catalog"]["state"] == "ok", name
+    # One case went the whole way through the nodes' pages, and says so.
+    assert re.search(r"accepted case \d{12}-\d{8}-\d{4} \(GD-LS-16\)", stdout), stdout
+    assert "in the approver's queue after" in stdout and "delivered; the case took" in stdout
     # The demo printed what tongban info says, for every node.
     assert stdout.count("release 2 active, 25 items (已生效)") == 7
     # The edited item is what a village's public guide shows.
@@ -216,6 +220,8 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
     assert "release 2 in force" in again and "enrolled " not in again
     assert again.count("reused ") == 7 and again.count("release 3 verified and active") == 7
     assert again.count("release 3 active, 25 items (已生效)") == 7
+    # The staff accounts are reused and a second case is numbered after the first.
+    assert re.search(r"accepted case \d{12}-\d{8}-0002 \(GD-LS-16\)", again), again
     # Nothing is left running: every port is free and no process names the region.
     assert all(port_free(base_port + offset) for offset in range(7))
     assert _region_processes(region) == []
