@@ -79,7 +79,13 @@ def test_browsers_get_the_home_page(client):
     response = client.get("/", headers={
         "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
     assert response.mimetype == "text/html"
-    assert "服务站" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "服务站" in page
+    # Every page a citizen or a clerk starts from is one click away, and each link works.
+    for path in ("/catalog", "/progress", "/apply", "/appointments", "/cases/",
+                 "/cases/window", "/cases/find", "/appointments/admin"):
+        assert f'href="{path}"' in page, path
+        assert client.get(path).status_code in (200, 302), path
 
 
 def test_uuids(client):
