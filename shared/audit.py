@@ -239,6 +239,10 @@ def _write_head_file(path, head):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(head, handle)
+        handle.flush()
+        # On disk before the rename: a power cut must not leave an empty head file, which
+        # verify would report as tampering.
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 

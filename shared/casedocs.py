@@ -13,6 +13,7 @@ import datetime
 import re
 
 from shared import errors
+from shared.cases import scans
 from shared.config import TIER_BY_LENGTH
 from shared.hlc import format_hlc, parse_hlc
 
@@ -171,6 +172,11 @@ def case_number_of(doc_id):
         return None
     if doc_id.startswith("case:"):
         number = doc_id[len("case:"):]
+    elif doc_id.startswith("scan:"):
+        parts = doc_id[len("scan:"):].split(":")
+        if len(parts) != 2 or not scans.is_sha256(parts[1]):
+            return None
+        number = parts[0]
     elif doc_id.startswith("event:"):
         parts = doc_id[len("event:"):].split(":")
         if len(parts) != 3:
@@ -213,11 +219,30 @@ def check_doc(doc):
                              doc.get("hlc"), parties, **extra)
         if "parties" in doc and rebuilt.get("parties") != parties:
             _fail("parties must be a non-empty list of distinct node codes")
+    elif kind == "scan":
+        rebuilt = _check_scan(doc)
     else:
         _fail(f"not a case document: type {kind!r}")
     if doc.get("_id") != rebuilt["_id"]:
         _fail(f"document id {doc.get('_id')!r} does not match its body ({rebuilt['_id']})")
     return rebuilt.get("number") or rebuilt["case"]
+
+
+def _check_scan(doc):
+    """Validate a ``scan:`` document's members (its content is checked where it is opened)."""
+    number = doc.get("case")
+    parse_case_number(number)
+    check_code(doc.get("node"), "scan node")
+    if not scans.is_sha256(doc.get("sha256")):
+        _fail("a scan's sha256 must be 64 lower-case hex digits")
+    if doc.get("mime") not in scans.MIMES:
+        _fail(f"a scan's mime must be one of {', '.join(scans.MIMES)}")
+    size = doc.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        _fail("a scan's size must be a positive integer")
+    if not isinstance(doc.get("data"), str) or not doc["data"]:
+        _fail("a scan must carry its sealed data")
+    return {"_id": scans.scan_id(number, doc["sha256"]), "case": number}
 
 
 # -- reading a case ---------------------------------------------------------------------

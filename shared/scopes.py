@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 GLOBAL_PREFIXES = ("item:", "release:", "node:", "key:", "catalog:")
 CASE_PREFIX = "case:"
 EVENT_PREFIX = "event:"
+SCAN_PREFIX = "scan:"
 STATUS_PREFIX = "status:"
 LOCAL_PREFIX = "_local/"
 
@@ -44,11 +45,13 @@ IMMUTABLE_REASON = "case headers and events are immutable; write a new event ins
 
 
 def case_number(doc_id):
-    """The case number a ``case:`` or ``event:`` id belongs to, else None."""
+    """The case number a ``case:``, ``event:`` or ``scan:`` id belongs to, else None."""
     if doc_id.startswith(CASE_PREFIX):
         return doc_id[len(CASE_PREFIX):] or None
     if doc_id.startswith(EVENT_PREFIX):
         return doc_id[len(EVENT_PREFIX):].split(":", 1)[0] or None
+    if doc_id.startswith(SCAN_PREFIX):
+        return doc_id[len(SCAN_PREFIX):].split(":", 1)[0] or None
     return None
 
 
@@ -129,10 +132,10 @@ def case_documents(db, number):
         "SELECT id FROM document WHERE id = ?", (header,)).fetchall()]
     # Event ids are "event:<number>:…"; ';' is the character after ':', so this range is
     # exactly the case's events, read from the primary key's index.
-    prefix = f"{EVENT_PREFIX}{number}:"
-    ids += [row[0] for row in db.execute_sql(
-        "SELECT id FROM document WHERE id > ? AND id < ? ORDER BY id",
-        (prefix, prefix[:-1] + ";")).fetchall()]
+    for prefix in (f"{EVENT_PREFIX}{number}:", f"{SCAN_PREFIX}{number}:"):
+        ids += [row[0] for row in db.execute_sql(
+            "SELECT id FROM document WHERE id > ? AND id < ? ORDER BY id",
+            (prefix, prefix[:-1] + ";")).fetchall()]
     return ids
 
 
@@ -263,6 +266,8 @@ class Scope:
         if not self.full:
             if is_header:
                 self._check_origin(doc)
+            elif doc_id.startswith(SCAN_PREFIX):
+                self._check_scan(doc)
             else:
                 self._check_event(doc_id, number, doc)
         self._check_immutable(doc, state, new_edits)
@@ -285,6 +290,11 @@ class Scope:
         if self.node is None or not self.is_above(self.node, origin):
             raise errors.Forbidden(
                 f"a case header must originate at {self._who()} or below it")
+
+    def _check_scan(self, doc):
+        author = doc.get("node")
+        if self.node is None or not self.is_above(self.node, author):
+            raise errors.Forbidden(f"a scan must be made by {self._who()} or below it")
 
     def _check_event(self, doc_id, number, doc):
         author = doc.get("node")

@@ -146,6 +146,28 @@ class Batch:
         self.missing_found = missing_found
 
 
+#: Documents carrying a scanned material (up to ~6 MB each, shared/cases/scans.py).
+HEAVY_PREFIX = "scan:"
+#: At most this many of them per batch, so one batch stays a few MB in memory and in its
+#: requests (a village's syncd lives in ~80 MiB; the server refuses requests over 64 MiB).
+MAX_HEAVY_PER_BATCH = 2
+
+
+def limit_heavy(rows, last_seq, limit=MAX_HEAVY_PER_BATCH):
+    """Cut ``rows`` before the first heavy document beyond ``limit``.
+
+    :returns: ``(rows, last_seq, cut)``; when cut, ``last_seq`` is the last kept row's
+        sequence and the feed must be read again from there.
+    """
+    heavy = 0
+    for index, row in enumerate(rows):
+        if str(row.get("id", "")).startswith(HEAVY_PREFIX):
+            heavy += 1
+            if heavy > limit:
+                return rows[:index], rows[index - 1]["seq"], True
+    return rows, last_seq, False
+
+
 def read_batches(source, target, since, *, batch_size, doc_ids, continuous, halted,
                  poll_timeout):
     """Yield one :class:`Batch` per step of spec 2.4.2.4 and 2.4.2.5.1.
@@ -155,10 +177,11 @@ def read_batches(source, target, since, *, batch_size, doc_ids, continuous, halt
     while not halted():
         # 2.4.2.4.2 Read Batch of Changes (style=all_docs: every leaf, conflicts included)
         rows, last_seq = source.changes(since, limit=batch_size, doc_ids=doc_ids)
+        rows, last_seq, cut = limit_heavy(rows, last_seq)
         if rows or last_seq != since:
             yield fetch_missing(source, target, Batch(since, last_seq, rows))
             since = last_seq
-        if len(rows) >= batch_size:
+        if cut or len(rows) >= batch_size:
             continue
         # 2.4.2.4.4 Replication Completed: a one-shot replication ends at the feed's end
         if not continuous:
@@ -387,4 +410,5 @@ def replicate(source, target, *, continuous=False, doc_ids=None, batch_size=500,
 
 
 __all__ = ["replicate", "replication_id", "compare_replication_logs", "build_checkpoint",
-           "build_history_entry", "first_failure_seq", "read_batches", "fetch_missing"]
+           "build_history_entry", "first_failure_seq", "read_batches", "fetch_missing",
+           "limit_heavy"]

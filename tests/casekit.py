@@ -8,9 +8,10 @@ stations at will. Real processes and scopes are covered by the browser and sync 
 import datetime
 import os
 
-from shared import identity
+from shared import identity, registry
 from shared.cases import idnumbers
 from shared.cases.blobs import BlobStore
+from shared.cases.scans import scan_key
 from shared.cases.desk import Actor, ApplicantInput, CaseDesk
 from shared.catalog import publish, sample
 from shared.workdays import WorkCalendar
@@ -18,6 +19,10 @@ from tests.conftest import add_account, make_app, make_county
 
 COUNTY, TOWNSHIP = "441521", "441521101"
 VILLAGE_A, VILLAGE_B = "441521101001", "441521101002"
+#: A township with no node in the kit (a transfer target that exists in the registry).
+OTHER_TOWNSHIP = "441521102"
+NAMES = {COUNTY: "海丰县", TOWNSHIP: "海城镇", VILLAGE_A: "东门村", VILLAGE_B: "西门村",
+         OTHER_TOWNSHIP: "梅陇镇"}
 #: A person born 1950-03-01 in Haifeng (their check digit computed, so always valid).
 CITIZEN = idnumbers.make_resident_id("441521", datetime.date(1950, 3, 1), 123)
 AGENT = idnumbers.make_resident_id("441521", datetime.date(1985, 7, 9), 456)
@@ -31,6 +36,9 @@ def parallel_item():
     item.update(id="GD-TEST-PAR", name="宅基地联审测试事项",
                 parallel_departments=["农业农村", "自然资源"], lead_department="农业农村",
                 department="农业农村")
+    # The design drawing may come later (容缺后补); nothing else may.
+    item["materials"] = [dict(m) for m in item["materials"]]
+    item["materials"][4]["necessity"] = "容缺后补"
     return item
 
 
@@ -40,6 +48,7 @@ class Kit:
     def __init__(self, base):
         self.region_key = os.urandom(32)
         self.apps = {}
+        self.checkpoints = {}
         (base / COUNTY).mkdir()
         county = make_county(base / COUNTY, NODE_CODE=COUNTY)
         self.apps[COUNTY] = county
@@ -56,9 +65,17 @@ class Kit:
             (base / code).mkdir()
             self.apps[code] = make_app(base / code, TIER=tier, NODE_CODE=code,
                                        COUNTY_PUBLIC_KEY=public, NODE_DIR=str(base / code))
+        # Registry entries (signed by the county), as enrolment would have made them.
+        for code, tier in ((COUNTY, "county"), (TOWNSHIP, "township"), (VILLAGE_A, "village"),
+                           (VILLAGE_B, "village"), (OTHER_TOWNSHIP, "township")):
+            key = county.key if code == COUNTY else identity.new_private_key()
+            registry.publish_entry(self.store(COUNTY), county.key, code=code, tier=tier,
+                                   name=NAMES[code],
+                                   public_key=identity.b64(identity.public_key_bytes(key)))
         self.calendar = WorkCalendar()
         self.desks = {code: CaseDesk(self.store(code), app.config, self.region_key,
-                                     blobs=BlobStore(base / code / "blobs"),
+                                     blobs=BlobStore(base / code / "blobs",
+                                                     key=scan_key(self.region_key)),
                                      calendar=self.calendar)
                       for code, app in self.apps.items()}
         self.sync()
@@ -70,14 +87,29 @@ class Kit:
         return self.desks[code]
 
     def sync(self, *codes):
-        """Copy every document between the given nodes (all by default), both ways."""
+        """Copy what changed since the last copy between the given nodes (all by default),
+        both ways, as replication would (the winning revision with its history)."""
         codes = codes or tuple(self.apps)
         for source in codes:
-            docs = [self.store(source).get(row["id"], revs=True)
-                    for row in self.store(source).all_docs()[1]]
             for target in codes:
-                if target != source and docs:
+                if target == source:
+                    continue
+                since = self.checkpoints.get((source, target), 0)
+                rows, last_seq = self.store(source).changes(since)
+                docs = [self.store(source).get(row["id"], revs=True) for row in rows]
+                if docs:
                     self.store(target).bulk_docs(docs, new_edits=False)
+                self.checkpoints[(source, target)] = last_seq
+
+    def join(self, code, number):
+        """Handle anywhere: the county answers ``code``'s look-up (a ``joined`` event making
+        it a participant), then everything syncs."""
+        from shared import lookup
+        from shared.hlc import NodeClock
+
+        county = self.store(COUNTY)
+        lookup.join_cases(county, NodeClock(county), [{"number": number}], code, COUNTY)
+        self.sync()
 
     def close(self):
         for app in self.apps.values():

@@ -9,7 +9,8 @@ import pytest
 from shared.cases import fold as F
 from shared.cases.desk import CaseError
 from shared.cases.index import licences_of, queue
-from tests.casekit import (AGENT, CITIZEN, COUNTY, PDF, TOWNSHIP, VILLAGE_A, VILLAGE_B, Kit,
+from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
+                           VILLAGE_B, Kit,
                            applicant, approver, clerk, full_materials, upload)
 
 
@@ -138,8 +139,11 @@ def test_wrong_numbers_get_a_clear_message_and_create_nothing(kit):
 def test_the_whole_road_supplement_elsewhere_review_decide_deliver_elsewhere_rate(kit):
     number = accept_pension_claim(kit, "deficiency", missing=True)
     kit.sync()
-    # The citizen brings the missing document to village B.
+    # The citizen brings the missing document to village B, which finds the case first.
     village_b = kit.desk(VILLAGE_B)
+    with pytest.raises(CaseError, match="未参与该办件"):
+        village_b.supplement(number, {2: [upload(village_b, PDF + b"%late")]}, clerk("clerk-b"))
+    kit.join(VILLAGE_B, number)
     village_b.supplement(number, {2: [upload(village_b, PDF + b"%late")]}, clerk("clerk-b"))
     kit.sync()
     township = kit.desk(TOWNSHIP)
@@ -163,10 +167,10 @@ def test_the_whole_road_supplement_elsewhere_review_decide_deliver_elsewhere_rat
     assert final["status"] == F.DONE and final["delivered"]["node"] == VILLAGE_B
     assert final["rating"]["score"] == 5 and final["ignored"] == []
     assert [step["kind"] for step in final["timeline"]] == [
-        "accepted", "supplemented", "forwarded", "approved", "delivery_changed", "delivered",
+        "accepted", "joined", "supplemented", "forwarded", "approved", "delivery_changed", "delivered",
         "rated"]
-    assert final["timeline"][3]["by"]["name"] == "李审批"
-    assert final["timeline"][3]["by"]["phone"] == "0660-3300002"
+    assert final["timeline"][4]["by"]["name"] == "李审批"
+    assert final["timeline"][4]["by"]["phone"] == "0660-3300002"
 
 
 def test_approval_waits_for_deficient_materials_and_parallel_opinions(kit):
@@ -238,7 +242,8 @@ def test_applying_again_offers_the_earlier_scans_and_details(kit):
     key = desk.applicant_key(CITIZEN)
     reuse = desk.reusable_scans(key)
     scans = desk.state(number)["materials"]["2"]["scans"]
-    assert reuse["社会保障卡或本人银行账户信息"] == scans
+    assert [offer["sha"] for offer in reuse["社会保障卡或本人银行账户信息"]] == scans
+    assert reuse["社会保障卡或本人银行账户信息"][0]["case"] == number
     assert desk.history_profile(key)["name"] == "陈阿婆"
     # Reusing a scan needs no new upload: the content comes from the earlier case.
     desk.blobs.path(scans[0]).unlink()
@@ -308,7 +313,7 @@ def test_two_stations_cut_off_deliver_the_same_result_without_a_conflict(kit):
     kit.desk(TOWNSHIP).forward(number, approver())
     kit.sync()
     kit.desk(COUNTY).approve(number, approver())
-    kit.sync()
+    kit.join(VILLAGE_B, number)
     # Cut off from each other, both villages hand the result over.
     kit.desk(VILLAGE_A).deliver(number, clerk())
     kit.desk(VILLAGE_B).deliver(number, clerk("clerk-b"))
@@ -329,7 +334,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 STATIONS = (VILLAGE_A, VILLAGE_B, TOWNSHIP, COUNTY)
 ACTIONS = ("supplement", "forward", "approve", "reject", "request", "deliver", "rate",
-           "complain", "reply", "move_delivery")
+           "complain", "reply", "move_delivery", "join", "accept", "transfer")
 
 
 def _act(kit, code, action, number):
@@ -357,6 +362,13 @@ def _act(kit, code, action, number):
             desk.handle_complaint(number, staff, complaints[0]["id"], "replied", "已答复")
     elif action == "move_delivery":
         desk.change_delivery(number, staff, code)
+    elif action == "join":
+        kit.join(code, number)
+    elif action == "accept":  # continue a case given a notice (two stations may race)
+        desk.receive("GD-LS-02", applicant(), full_materials(desk, "GD-LS-02"), "accept",
+                     staff, number=number)
+    elif action == "transfer":
+        desk.transfer(number, staff, desk.transfer_targets()[0][0], "管辖调整")
 
 
 @pytest.fixture(scope="module")
@@ -366,14 +378,15 @@ def shared_kit(tmp_path_factory):
     kit.close()
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(st.tuples(st.sampled_from(STATIONS), st.sampled_from(ACTIONS),
+@given(start=st.sampled_from(("deficiency", "notice")),
+       steps=st.lists(st.tuples(st.sampled_from(STATIONS), st.sampled_from(ACTIONS),
                                 st.lists(st.sampled_from(STATIONS), max_size=2)),
-                      min_size=1, max_size=14))
-def test_stations_acting_while_cut_off_converge_without_conflicts(shared_kit, steps):
+                      min_size=1, max_size=16))
+def test_stations_acting_while_cut_off_converge_without_conflicts(shared_kit, start, steps):
     kit = shared_kit
-    number = accept_pension_claim(kit, "deficiency", missing=True)
+    number = accept_pension_claim(kit, start, missing=True)
     kit.sync()
     for code, action, link in steps:
         try:
@@ -391,3 +404,158 @@ def test_stations_acting_while_cut_off_converge_without_conflicts(shared_kit, st
         store = kit.store(code)
         for doc_id in [f"case:{number}"] + [e["_id"] for e in kit.desk(code).load(number)[1]]:
             assert not store.get(doc_id, conflicts=True).get("_conflicts"), doc_id
+
+
+# -- the review's cases --------------------------------------------------------------------
+
+def test_a_disagreeing_department_stops_approval_and_only_the_lead_decides(kit):
+    desk = kit.desk(VILLAGE_A)
+    number = desk.receive("GD-TEST-PAR", applicant(), full_materials(desk, "GD-TEST-PAR"),
+                          "accept", clerk())
+    kit.sync()
+    township = kit.desk(TOWNSHIP)
+    lead, land = approver("农业农村", "lead"), approver("自然资源", "land")
+    with pytest.raises(CaseError, match="未设置所属部门"):
+        township.opinion(number, approver("", "nobody"), True)
+    township.opinion(number, land, False, "占用基本农田")
+    township.opinion(number, lead, True)
+    with pytest.raises(CaseError, match="牵头部门"):
+        township.reject(number, land, "不同意")
+    assert township.may_decide(township.state(number), land)
+    assert township.may_decide(township.state(number), lead) is None
+    with pytest.raises(CaseError, match="并联部门不同意：自然资源"):
+        township.approve(number, lead)
+    township.reject(number, lead, "自然资源部门不同意：占用基本农田")
+    assert township.state(number)["decision"]["kind"] == "rejected"
+
+
+def test_an_approver_of_another_department_cannot_decide(kit):
+    number = accept_pension_claim(kit)  # 人力资源社会保障
+    kit.sync()
+    with pytest.raises(CaseError, match="不由民政办理"):
+        kit.desk(TOWNSHIP).forward(number, approver("民政"))  # forwarding is a review step
+    with pytest.raises(CaseError, match="不由民政办理"):
+        kit.desk(TOWNSHIP).request_supplement(number, approver("民政"), "请补正", [2])
+    kit.desk(TOWNSHIP).request_supplement(number, approver("人力资源社会保障"), "请补正", [2])
+
+
+def test_a_transfer_goes_to_a_registered_node_and_keeps_the_county_after_review(kit):
+    number = accept_pension_claim(kit)
+    kit.sync()
+    township = kit.desk(TOWNSHIP)
+    assert [code for code, _ in township.transfer_targets()] == [COUNTY, OTHER_TOWNSHIP]
+    with pytest.raises(CaseError, match="已登记"):
+        township.transfer(number, approver(), "441521999", "管辖调整")
+    township.transfer(number, approver(), OTHER_TOWNSHIP, "申请人户籍在梅陇镇")
+    state = township.state(number)
+    assert state["route"] == [OTHER_TOWNSHIP, COUNTY] and state["stage"] == OTHER_TOWNSHIP
+    assert state["handler"] == COUNTY
+
+
+def test_an_immediate_item_is_due_the_day_it_is_accepted(kit):
+    desk = kit.desk(VILLAGE_A)
+    number = desk.receive("GD-LS-01", applicant(), full_materials(desk, "GD-LS-01"), "accept",
+                          clerk())
+    state = desk.state(number)
+    assert state["limit"] == {"days": 0, "unit": "工作日", "kind": "promised"}
+    assert F.due_date(state, kit.calendar).isoformat() == state["accepted_day"]
+
+
+def test_a_pre_application_is_routed_from_the_station_and_never_feeds_history(kit):
+    county = kit.desk(COUNTY)
+    intruder = applicant()
+    intruder.phone, intruder.address = "13911112222", "别处"
+    number = county.preapply("GD-LS-04", intruder, VILLAGE_A,
+                             {0: {"scans": [upload(county, PDF + b"%fake")]}})
+    kit.sync()
+    village = kit.desk(VILLAGE_A)
+    key = village.applicant_key(CITIZEN)
+    # Anyone may pre-apply in someone's name: nothing of it is offered as their history.
+    assert village.reusable_scans(key) == {} and village.history_profile(key) == {}
+    village.receive("GD-LS-04", applicant(), full_materials(village, "GD-LS-04"), "accept",
+                    clerk(), number=number)
+    state = village.state(number)
+    assert state["route"] == [TOWNSHIP] and state["stage"] == TOWNSHIP
+    # The profile the clerk checked replaces the pre-application's.
+    assert village.open_profile(state)["phone"] == "13800138000"
+
+
+def test_deficiency_only_for_materials_the_guide_lets_come_later(kit):
+    desk = kit.desk(VILLAGE_A)
+    everything = full_materials(desk, "GD-TEST-PAR")
+    without_form = {k: v for k, v in everything.items() if k != 0}
+    with pytest.raises(CaseError, match="不能容缺受理：农村宅基地和建房"):
+        desk.receive("GD-TEST-PAR", applicant(), without_form, "deficiency", clerk())
+    without_drawing = {k: v for k, v in everything.items() if k != 4}
+    number = desk.receive("GD-TEST-PAR", applicant(), without_drawing, "deficiency", clerk())
+    assert desk.state(number)["outstanding"] == ["4"]
+
+
+def test_a_malformed_event_is_ignored_the_same_way_everywhere(kit):
+    from shared import casedocs
+    from shared.hlc import NodeClock
+
+    number = accept_pension_claim(kit)
+    store = kit.store(VILLAGE_A)
+    odd = casedocs.case_event(number, "opinion", VILLAGE_A, NodeClock(store).now(),
+                              department=["a"], by={"department": ["a"]})
+    store.bulk_docs([odd])
+    kit.sync()
+    for code in kit.apps:
+        state = kit.desk(code).state(number)
+        assert state["status"] == F.HANDLING
+        assert [i["event"] for i in state["ignored"]] == [odd["_id"]]
+
+
+def test_two_clerks_delivering_at_once_only_one_succeeds(kit):
+    number = accept_pension_claim(kit)
+    kit.sync()
+    kit.desk(TOWNSHIP).forward(number, approver())
+    kit.sync()
+    kit.desk(COUNTY).approve(number, approver())
+    kit.sync()
+    desk = kit.desk(VILLAGE_A)
+    results = []
+
+    def deliver(name):
+        try:
+            desk.deliver(number, clerk(name))
+            results.append("ok")
+        except CaseError as exc:
+            results.append(exc.message)
+    threads = [threading.Thread(target=deliver, args=(f"c{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count("ok") == 1
+    assert desk.state(number)["ignored"] == []
+
+
+def test_scans_travel_sealed_in_their_own_documents(kit):
+    number = accept_pension_claim(kit)
+    kit.sync()
+    county = kit.desk(COUNTY)
+    header, events, state = county.load(number)
+    sha = state["materials"]["2"]["scans"][0]
+    assert county.scan(number, sha) == (PDF + b"%bank", "application/pdf")
+    assert all("data" not in e for e in events)  # events stay small
+    raw = kit.store(COUNTY).get(f"scan:{number}:{sha}")
+    assert b"%bank" not in raw["data"].encode() and raw["size"] == len(PDF + b"%bank")
+    store = kit.store(COUNTY)
+    store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert PDF + b"%bank" not in open(store.db.database, "rb").read()
+    # The station's own upload store keeps it sealed too.
+    stored = kit.desk(VILLAGE_A).blobs.path(sha).read_bytes()
+    assert b"%bank" not in stored
+
+
+def test_replication_takes_at_most_two_scans_per_batch():
+    from syncd.replicator import limit_heavy
+
+    rows = [{"id": i, "seq": n} for n, i in enumerate(
+        ["event:a", "scan:x:1", "event:b", "scan:x:2", "scan:x:3", "event:c"], start=1)]
+    kept, last_seq, cut = limit_heavy(rows, 6)
+    assert [r["id"] for r in kept] == ["event:a", "scan:x:1", "event:b", "scan:x:2"]
+    assert last_seq == 4 and cut is True
+    assert limit_heavy(rows[:3], 3) == (rows[:3], 3, False)

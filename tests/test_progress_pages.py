@@ -4,6 +4,7 @@ appointments) and the station's appointment page, on a small in-process region."
 import datetime
 import html
 import re
+from io import BytesIO
 
 import pytest
 
@@ -11,6 +12,9 @@ from shared import audit, identity, registry
 from shared.casedocs import CHINA_TIME
 from shared.cases import appointments as ap
 from shared.cases import fold as F
+from shared.cases import idnumbers
+from shared.cases.blobs import MAX_BLOB_BYTES
+from shared.cases.desk import ApplicantInput
 from shared.views import appointments as appointment_pages
 from shared.views import progress
 from tests import casekit as K
@@ -74,8 +78,7 @@ def prove(client, number, proof):
 def accepted_case(kit):
     """A low-income (低保) case accepted at village A; the township decides it."""
     desk = kit.desk(K.VILLAGE_A)
-    sha = K.upload(desk)
-    return desk.receive("GD-LS-04", K.applicant(), {0: {"scans": [sha]}, 1: {"scans": [sha]}},
+    return desk.receive("GD-LS-04", K.applicant(), K.full_materials(desk, "GD-LS-04"),
                         "accept", K.clerk())
 
 
@@ -97,6 +100,21 @@ def case_count(kit, code=K.VILLAGE_A):
 
 def tomorrow():
     return datetime.datetime.now(CHINA_TIME).date() + datetime.timedelta(days=1)
+
+
+def browser(kit, address="127.0.0.1", code=K.VILLAGE_A):
+    """A citizen's browser at ``code`` connecting from ``address``."""
+    found = kit.apps[code].test_client()
+    found.environ_base["REMOTE_ADDR"] = address
+    return found
+
+
+def blob_count(kit, code=K.VILLAGE_A):
+    root = kit.desk(code).blobs.root
+    return sum(1 for path in root.rglob("*") if path.is_file()) if root.exists() else 0
+
+
+THROTTLE_WAIT = re.compile(r"请 \d+ 分钟后再试")
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -150,6 +168,125 @@ def test_malformed_number_says_how_it_is_written(client):
     response = prove(client, "12345", "陈阿婆")
     assert response.status_code == 400
     assert "格式不正确" in element(text(response), "message")
+
+
+def test_sixth_proof_of_one_number_is_refused_even_when_right(kit, client):
+    number, other = accepted_case(kit), accepted_case(kit)
+    for guess in ("1111", "2222", "3333", "4444", "陈阿公"):
+        assert prove(client, number, guess).status_code == 404
+    right = prove(client, number, "陈阿婆")
+    assert right.status_code == 429
+    message = element(text(right), "message")
+    assert message.startswith("查询失败次数过多") and THROTTLE_WAIT.search(message)
+    assert int(right.headers["Retry-After"]) > 0
+    assert 'id="status"' not in text(client.get(f"/progress/{number}"))
+    # the lock is on the number, whichever browser or address asks
+    assert prove(browser(kit, "10.0.0.7"), number, "陈阿婆").status_code == 429
+    # another number still opens
+    assert prove(client, other, "陈阿婆").status_code == 302
+    assert element(text(client.get(f"/progress/{other}")), "status") == "办理中"
+
+
+def test_right_proof_clears_the_numbers_failures(kit, client):
+    number = accepted_case(kit)
+    for _ in range(2):
+        for guess in ("1111", "2222", "3333", "4444"):
+            assert prove(client, number, guess).status_code == 404
+        assert prove(client, number, "8000").status_code == 302
+
+
+def test_failed_proofs_are_throttled_per_address(kit):
+    number = accepted_case(kit)
+    guesser = browser(kit, "10.0.0.5")
+    for seq in range(1, progress.PROOF_PER_ADDRESS.count + 1):
+        unknown = f"{K.VILLAGE_A}-20240105-{seq:04d}"
+        assert prove(guesser, unknown, "陈阿婆").status_code == 404
+    refused = prove(guesser, number, "陈阿婆")
+    assert refused.status_code == 429
+    assert element(text(refused), "message").startswith("查询失败次数过多")
+    # a forwarded-for header is the client's own word: it changes nothing
+    forwarded = guesser.post("/progress", headers={"X-Forwarded-For": "10.9.9.9"}, data={
+        "number": number, "proof": "陈阿婆", "form_token": token(guesser)})
+    assert forwarded.status_code == 429
+    # another address is not affected
+    assert prove(browser(kit, "10.0.0.6"), number, "陈阿婆").status_code == 302
+
+
+def test_throttle_windows_end_and_old_rows_are_purged(kit):
+    db = kit.store(K.VILLAGE_A).db
+    limit = progress.PROOF_PER_NUMBER
+    checks = [(limit, "441521101001-20240105-0001")]
+    for _ in range(limit.count):
+        progress.throttle_note(db, checks, at=1000.0)
+    assert progress.throttle_wait(db, checks, at=1001.0) == limit.seconds - 1
+    assert progress.throttle_wait(db, checks, at=1000.0 + limit.seconds) is None
+    # the next failure after the window starts a new count
+    progress.throttle_note(db, checks, at=1000.0 + limit.seconds)
+    assert progress.throttle_wait(db, checks, at=1001.0 + limit.seconds) is None
+    progress.throttle_note(db, [(progress.BOOK_PER_ADDRESS, "10.0.0.1")],
+                           at=1000.0 + limit.seconds + progress.LONGEST_WINDOW)
+    keys = [row[0] for row in db.execute_sql("SELECT key FROM public_throttle")]
+    assert keys == ["10.0.0.1"]
+
+
+def test_licence_number_is_masked_and_the_handler_shown(kit, client):
+    number = accepted_case(kit)
+    kit.sync()
+    kit.desk(K.TOWNSHIP).approve(number, K.approver(), "准予纳入最低生活保障", licence={
+        "name": "最低生活保障证", "number": "DB44152120240001", "valid_until": "2025-12-31"})
+    kit.sync()
+    prove(client, number, "陈阿婆")
+    page = text(client.get(f"/progress/{number}"))
+    assert "DB44152120240001" not in page
+    licence = element(page, "licence")
+    assert "最低生活保障证" in licence and "DB44**********01" in licence
+    assert "2025-12-31" in licence
+    steps = element(page, "timeline")
+    assert "李审批" in steps and "0660-3300002" in steps
+
+
+def test_licence_masks():
+    assert progress.mask_licence("DB44152120240001") == "DB44**********01"
+    assert progress.mask_licence("12345678") == "1234**78"
+    assert progress.mask_licence("ABC1234") == "A*****4"
+    assert progress.mask_licence("") == ""
+
+
+def test_exit_forgets_the_proof_in_this_browser(kit, client):
+    number = decided_case(kit)
+    prove(client, number, "陈阿婆")
+    page = text(client.get(f"/progress/{number}"))
+    assert 'id="status"' in page and 'id="exit-form"' in page
+    left = client.post("/progress/exit", data={"form_token": token(client)})
+    assert left.status_code == 302
+    assert element(text(client.get(left.location)), "notice").startswith("已退出查询")
+    after = text(client.get(f"/progress/{number}"))
+    assert 'id="status"' not in after and f'value="{number}"' in after
+    kit.desk(K.VILLAGE_A).deliver(number, K.clerk())
+    rated = client.post(f"/progress/{number}/rate", data={"score": "5",
+                                                          "form_token": token(client)})
+    assert rated.status_code == 403 and state(kit, number)["rating"] is None
+
+
+def test_exit_needs_the_form_token(kit, client):
+    number = accepted_case(kit)
+    prove(client, number, "陈阿婆")
+    assert client.post("/progress/exit").status_code == 400
+    assert 'id="status"' in text(client.get(f"/progress/{number}"))
+
+
+def test_proof_is_checked_against_the_corrected_profile(kit, client):
+    response = apply(client, "GD-LS-04")
+    number = response.location.rsplit("/", 1)[1]
+    desk = kit.desk(K.VILLAGE_A)
+    # at the window the clerk corrects the name and phone the citizen typed online
+    desk.receive(None, ApplicantInput(number=K.CITIZEN, name="陈美玲", phone="13900001111"),
+                 K.full_materials(desk, "GD-LS-04"), "accept", K.clerk(), number=number)
+    other = browser(kit, "10.0.0.8")
+    for stale in ("陈阿婆", "8000"):
+        assert prove(other, number, stale).status_code == 404
+    for current in ("陈美玲", "1111"):
+        assert prove(browser(kit, "10.0.0.9"), number, current).status_code == 302
 
 
 def test_qr_link_opens_the_form_with_the_number(kit, client):
@@ -341,6 +478,69 @@ def test_bad_preapplication_changes_nothing(kit, client, fields, message):
     assert case_count(kit) == before
 
 
+def test_preapplication_lists_only_active_stations(kit, client):
+    registry.revoke(kit.store(K.COUNTY), kit.apps[K.COUNTY].key, K.VILLAGE_B)
+    kit.sync()
+    form = text(client.get("/apply/GD-LS-04"))
+    assert f'value="{K.VILLAGE_A}"' in form and f'value="{K.TOWNSHIP}"' in form
+    assert f'value="{K.VILLAGE_B}"' not in form and "西村服务站" not in form
+    before = case_count(kit)
+    response = apply(client, "GD-LS-04", station=K.VILLAGE_B)
+    assert response.status_code == 400 and element(text(response), "error") == "请选择办理站点。"
+    assert case_count(kit) == before
+
+
+def test_preapplication_takes_at_most_three_files_per_material(kit, client):
+    before, blobs = case_count(kit), blob_count(kit)
+    def pages(count):
+        return [(BytesIO(K.PDF + b"%" + str(n).encode()), f"第{n}页.pdf") for n in range(count)]
+
+    response = apply(client, "GD-LS-04", **{"material-0": pages(4)})
+    assert response.status_code == 400
+    assert "最多上传 3 个文件" in element(text(response), "error")
+    assert (case_count(kit), blob_count(kit)) == (before, blobs)
+    three = apply(client, "GD-LS-04", **{"material-0": pages(3)})
+    assert three.status_code == 302
+    number = three.location.rsplit("/", 1)[1]
+    assert len(state(kit, number)["materials"]["0"]["scans"]) == 3
+
+
+def test_preapplication_refuses_a_file_over_4_mb(kit, client):
+    before, blobs = case_count(kit), blob_count(kit)
+    big = K.PDF + b"0" * (MAX_BLOB_BYTES + 1 - len(K.PDF))
+    response = apply(client, "GD-LS-04", **{"material-0": (BytesIO(big), "大.pdf")})
+    assert response.status_code == 400
+    assert "单个文件不能超过 4 MB" in element(text(response), "error")
+    assert (case_count(kit), blob_count(kit)) == (before, blobs)
+
+
+def test_preapplication_over_20_mb_is_refused_unread(kit, client):
+    before, blobs = case_count(kit), blob_count(kit)
+    part = K.PDF + b"0" * (MAX_BLOB_BYTES - 1024)
+    files = {f"material-{i}": [(BytesIO(part + bytes([n])), f"{i}-{n}.pdf") for n in range(3)]
+             for i in (0, 1)}  # 6 files of just under 4 MB each: 24 MB in all
+    response = apply(client, "GD-LS-04", **files)
+    assert response.status_code == 413
+    message = element(text(response), "message")
+    assert "提交的内容过大" in message and "20 MB" in message and "未保存任何内容" in message
+    assert (case_count(kit), blob_count(kit)) == (before, blobs)
+
+
+def test_preapplications_are_throttled_per_address(kit):
+    limit = progress.APPLY_PER_ADDRESS.count
+    kiosk = browser(kit, "10.0.1.1")
+    for _ in range(limit):
+        assert apply(kiosk, "GD-LS-13").status_code == 302
+    before = case_count(kit)
+    refused = apply(kiosk, "GD-LS-13")
+    assert refused.status_code == 429
+    message = element(text(refused), "error")
+    assert "网上预申请过多" in message and THROTTLE_WAIT.search(message)
+    assert int(refused.headers["Retry-After"]) > 0
+    assert case_count(kit) == before
+    assert apply(browser(kit, "10.0.1.2"), "GD-LS-13").status_code == 302
+
+
 def test_preapplication_refuses_a_file_that_is_no_scan(kit, client):
     from io import BytesIO
     before = case_count(kit)
@@ -438,3 +638,31 @@ def test_station_publishes_slots_books_for_a_citizen_and_sees_masked_names(kit):
     approver = app.test_client()
     staff_login(approver, "approver1")
     assert approver.get("/appointments/admin").status_code == 403
+
+
+def test_bookings_are_throttled_per_address(kit):
+    db = kit.store(K.VILLAGE_A).db
+    slot = ap.publish_slots(db, tomorrow(), "09:00", "09:30", 30, 20, by="clerk-a")[0]
+    people = [idnumbers.make_resident_id("441521", datetime.date(1960, 1, 1), n)
+              for n in range(1, progress.BOOK_PER_ADDRESS.count + 2)]
+    kiosk = browser(kit, "10.0.2.1")
+    for person in people[:-1]:
+        assert book(kiosk, slot["id"], person).status_code == 302
+    refused = book(kiosk, slot["id"], people[-1])
+    assert refused.status_code == 429
+    message = element(text(refused), "error")
+    assert "预约过多" in message and THROTTLE_WAIT.search(message)
+    assert ap.get_slot(db, slot["id"])["booked"] == progress.BOOK_PER_ADDRESS.count
+    assert book(browser(kit, "10.0.2.2"), slot["id"], people[-1]).status_code == 302
+
+
+def test_oversized_booking_request_is_refused(kit, client):
+    db = kit.store(K.VILLAGE_A).db
+    slot = ap.publish_slots(db, tomorrow(), "09:00", "09:30", 30, 1, by="clerk-a")[0]
+    response = client.post("/appointments", data={
+        "slot": slot["id"], "id_number": K.CITIZEN, "name": "陈阿婆", "phone": "13800138000",
+        "padding": "x" * (appointment_pages.MAX_BOOKING_REQUEST + 1),
+        "form_token": token(client, "/appointments")})
+    assert response.status_code == 413
+    assert "提交的内容过大" in element(text(response), "message")
+    assert ap.get_slot(db, slot["id"])["booked"] == 0

@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 logger = logging.getLogger(__name__)
 
 MAX_BLOB_BYTES = 4 * 1024 * 1024
@@ -114,10 +117,32 @@ def clean_filename(filename):
 
 
 class BlobStore:
-    """Scans stored by SHA-256 under ``root``."""
+    """Scans stored by SHA-256 under ``root``.
 
-    def __init__(self, root):
+    :param key: a 32-byte AES-256-GCM key: files are then sealed at rest (the name stays
+        the SHA-256 of the plain content, which is also the associated data, so a sealed
+        file cannot be passed off under another name).
+    """
+
+    def __init__(self, root, key=None):
         self.root = Path(root)
+        self.key = key
+
+    def _seal(self, data, sha256):
+        if self.key is None:
+            return data
+        nonce = os.urandom(12)
+        return nonce + AESGCM(self.key).encrypt(nonce, data, sha256.encode("ascii"))
+
+    def _open(self, stored, sha256):
+        """The plain content of a stored file, or None when it is damaged."""
+        if self.key is not None:
+            try:
+                stored = AESGCM(self.key).decrypt(stored[:12], stored[12:],
+                                                  sha256.encode("ascii"))
+            except (InvalidTag, ValueError):
+                return None
+        return stored if hashlib.sha256(stored).hexdigest() == sha256 else None
 
     def path(self, sha256):
         """Where the scan ``sha256`` is (or would be) stored; ValueError for a bad hash."""
@@ -137,28 +162,29 @@ class BlobStore:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self.path(sha256)
         if not self._intact(target, sha256):
-            self._write(target, data)
+            self._write(target, self._seal(data, sha256))
         return Blob(sha256, mime, len(data), clean_filename(filename))
 
     def get(self, sha256):
         """The content of scan ``sha256``: KeyError when absent, BlobCorrupt when damaged."""
         target = self.path(sha256)
         try:
-            data = target.read_bytes()
+            stored = target.read_bytes()
         except FileNotFoundError:
             raise KeyError(sha256) from None
-        if hashlib.sha256(data).hexdigest() != target.name:
-            logger.error("blob %s is corrupt (%d bytes on disk)", target.name, len(data))
+        data = self._open(stored, target.name)
+        if data is None:
+            logger.error("blob %s is corrupt (%d bytes on disk)", target.name, len(stored))
             raise BlobCorrupt(target.name)
         return data
 
     def _intact(self, target, sha256):
         """Whether ``target`` already holds the right content (a damaged copy is replaced)."""
         try:
-            data = target.read_bytes()
+            stored = target.read_bytes()
         except FileNotFoundError:
             return False
-        if hashlib.sha256(data).hexdigest() == sha256:
+        if self._open(stored, sha256) is not None:
             return True
         logger.warning("blob %s was corrupt; replacing it with the uploaded copy", sha256)
         return False

@@ -12,15 +12,14 @@ in this node's store, incremented in one SQL statement; the day is the HLC's (Ch
 time), which never goes back, so numbers stay unique offline and after a clock fix.
 """
 
-import base64
 import datetime
 import json
 import logging
 from dataclasses import dataclass, field
 
-from shared import casedocs, errors, identity
+from shared import casedocs, errors, identity, registry
 from shared.cases import fold as F
-from shared.cases import idnumbers, personal
+from shared.cases import blobs, idnumbers, personal, scans
 from shared.cases.index import CaseIndex, item_id_of, read_case, state_of
 from shared.catalog import active, schema
 from shared.hlc import NodeClock
@@ -99,6 +98,7 @@ class CaseDesk:
         self.db = store.db
         self.node = config["NODE_CODE"]
         self.region_key = identity.unb64(region_key) if isinstance(region_key, str) else region_key
+        self.scan_key = scans.scan_key(self.region_key)
         self.blobs = blobs
         self.calendar = calendar
         self.clock = clock or NodeClock(store)
@@ -141,16 +141,20 @@ class CaseDesk:
         except idnumbers.IdNumberInvalid as exc:
             raise CaseError(exc.message) from exc
 
-    def open_profile(self, header):
-        """The applicant's decrypted profile in a header (name, phone, address, number)."""
-        sealed = header.get("applicant")
+    def open_profile(self, doc):
+        """The applicant's decrypted profile (name, phone, address, number).
+
+        :param doc: the folded state (it holds the latest profile: a case continued at the
+            window may have corrected it), or a header.
+        """
+        sealed = doc.get("applicant")
         if not sealed:
             return {}
         try:
-            return personal.open_profile(self.region_key, header["applicant_key"], sealed)
+            return personal.open_profile(self.region_key, doc["applicant_key"], sealed)
         except personal.ProfileUnreadable:
             logger.warning("case %s: applicant data cannot be opened with this region key",
-                           header.get("number"))
+                           doc.get("number"))
             return {}
 
     def checklist(self, item, applicant_key=None, on=None):
@@ -185,43 +189,66 @@ class CaseDesk:
         return rows
 
     def reusable_scans(self, applicant_key, on=None):
-        """``{material name: [sha256, …]}`` of the applicant's recent scans held here."""
+        """``{material name: [{"sha", "case", "day"}, …]}``: the scans of this applicant's
+        accepted cases held here (newest first), within :data:`REUSE_DAYS`.
+
+        Only accepted cases count: a pre-application is anyone's word and must never put
+        its scans or details before a clerk as the applicant's.
+        """
         on = on or datetime.date.today()
         since = (on - datetime.timedelta(days=REUSE_DAYS)).isoformat()
         found = {}
         cursor = self.db.execute_sql(
-            "SELECT state FROM case_state WHERE applicant_key = ? AND "
-            "(accepted_day IS NULL OR accepted_day >= ?) ORDER BY number DESC",
+            "SELECT number, accepted_day, state FROM case_state WHERE applicant_key = ? AND "
+            "accepted_day >= ? ORDER BY accepted_day DESC, updated DESC",
             (applicant_key, since))
-        for (text,) in cursor.fetchall():
+        for number, day, text in cursor.fetchall():
             for material in json.loads(text)["materials"].values():
-                if material.get("status") == F.PROVIDED and material.get("scans"):
-                    found.setdefault(material["name"], material["scans"])
+                if material.get("status") != F.PROVIDED:
+                    continue
+                offers = found.setdefault(material["name"], [])
+                for sha in material.get("scans") or ():
+                    if all(o["sha"] != sha for o in offers):
+                        offers.append({"sha": sha, "case": number, "day": day})
         return found
 
     def history_profile(self, applicant_key):
-        """The applicant's details from their latest case held here (prefill), else {}."""
+        """The applicant's details from their latest accepted case held here (prefill)."""
         row = self.db.execute_sql(
-            "SELECT number FROM case_state WHERE applicant_key = ? ORDER BY number DESC LIMIT 1",
-            (applicant_key,)).fetchone()
-        if row is None:
-            return {}
-        header, _ = read_case(self.db, row[0])
-        return self.open_profile(header) if header else {}
+            "SELECT state FROM case_state WHERE applicant_key = ? AND accepted_day IS NOT NULL "
+            "ORDER BY accepted_day DESC, updated DESC LIMIT 1", (applicant_key,)).fetchone()
+        return self.open_profile(json.loads(row[0])) if row else {}
 
     # -- routing ------------------------------------------------------------------------
 
     def route_for(self, item, origin=None):
-        """The nodes a case goes through, the decider last (township review before county
-        unless the item is handled at one level)."""
+        """The nodes a case accepted at ``origin`` goes through, the decider last.
+
+        Township items are decided by the township above the station at one level (一级办结);
+        county items are reviewed by that township first, then decided by the county.
+        """
         origin = origin or self.node
-        county = origin[:6]
-        township = origin[:9] if len(origin) >= 9 else None
+        chain = registry.ancestors(self.db, origin)  # origin first, the county last
+        county = next((c for c in chain if len(c) == 6), origin[:6])
+        township = next((c for c in chain if len(c) == 9), origin[:9] if len(origin) >= 9
+                        else None)
         if item.get("decide_tier") == "township":
             return [township or county]
         if item.get("one_level") or township is None:
             return [county]
         return [township, county]
+
+    def transfer_targets(self):
+        """``[(code, name)]`` of the active townships and county a case may be handed to."""
+        return [(entry.code, entry.name or entry.code)
+                for entry in registry.all_entries(self.db)
+                if entry.status == registry.ACTIVE and entry.tier in ("township", "county")
+                and entry.code != self.node]
+
+    def may_decide(self, state, actor):
+        """None when ``actor`` may approve, reject, ask for a supplement or transfer the
+        case now; else the Chinese reason (the fold's own rule)."""
+        return F.decision_refusal(state, self.node, actor.as_by())
 
     # -- numbering ------------------------------------------------------------------------
 
@@ -258,41 +285,56 @@ class CaseDesk:
             results = self.store.bulk_docs(docs)
         failures = [r for r in results if "error" in r]
         if failures:
-            raise CaseError(f"办件未能保存：{failures[0].get('reason')}")
+            logger.error("case documents refused by the store: %s", failures[0])
+            raise CaseError("办件未能保存，请重试；如仍不成功，请联系县级管理员。")
         return state
 
-    def _scan_events(self, number, actor, scans):
-        """``attached`` events carrying the uploaded scans (content travels with the case)."""
-        events = []
-        for index, name, sha in scans:
-            data, mime = self._scan_content(sha)
-            events.append(self._event(number, "attached", actor, material=index,
-                                      material_name=name, sha256=sha, mime=mime,
-                                      size=len(data), data=base64.b64encode(data).decode()))
-        return events
+    def _scan_events(self, number, actor, wanted, allowed=None):
+        """The ``scan:`` documents and ``attached`` events of ``wanted`` scans.
 
-    def _scan_content(self, sha):
-        """The bytes and type of a scan: the blob store, else an earlier case's event."""
+        :param wanted: ``[(material index, name, sha256)]``.
+        :param allowed: ``{sha256: case number}`` of earlier scans the applicant may reuse;
+            anything else must be a fresh upload in this station's blob store.
+        """
+        docs, written = [], set()
+        for index, name, sha in wanted:
+            data, mime = self._scan_content(sha, allowed or {})
+            doc_id = scans.scan_id(number, sha)
+            # One document per content and case, however many materials it stands for.
+            if doc_id not in written and self.db.execute_sql(
+                    "SELECT 1 FROM document WHERE id = ?", (doc_id,)).fetchone() is None:
+                docs.append(scans.scan_doc(self.scan_key, number, self.node, data, mime))
+                written.add(doc_id)
+            docs.append(self._event(number, "attached", actor, material=index,
+                                    material_name=name, sha256=sha, mime=mime,
+                                    size=len(data)))
+        return docs
+
+    def _scan_content(self, sha, allowed):
+        """The bytes and type of a scan: a fresh upload, or the applicant's earlier scan."""
         _scan_sha(sha)
         if self.blobs is not None and self.blobs.has(sha):
-            data = self.blobs.get(sha)
+            try:
+                data = self.blobs.get(sha)
+            except (KeyError, blobs.BlobCorrupt) as exc:
+                raise CaseError("扫描件文件已损坏，请重新上传。") from exc
             return data, _sniff(data)
-        row = self.db.execute_sql(
-            "SELECT json_extract(r.body, '$.data'), json_extract(r.body, '$.mime') "
-            "FROM document d JOIN revision r ON r.doc_id = d.id AND r.rev = d.rev "
-            "WHERE d.id LIKE 'event:%' AND json_extract(r.body, '$.kind') = 'attached' "
-            "AND json_extract(r.body, '$.sha256') = ? LIMIT 1", (sha,)).fetchone()
-        if row is None or row[0] is None:
-            raise CaseError("找不到该扫描件，请重新上传。")
-        return base64.b64decode(row[0]), row[1]
+        if sha in allowed:
+            return self.scan(allowed[sha], sha)
+        raise CaseError("找不到该扫描件（或不是本申请人的材料），请重新上传。")
 
     def scan(self, number, sha):
         """``(bytes, mime)`` of a scan of case ``number`` (for the clerk's and approver's view)."""
-        header, events = read_case(self.db, number, with_data=True)
-        for event in events:
-            if event.get("kind") == "attached" and event.get("sha256") == sha:
-                return base64.b64decode(event["data"]), event.get("mime")
-        raise CaseError("该办件没有这份扫描件。")
+        if not scans.is_sha256(sha):
+            raise CaseError("该办件没有这份扫描件。")
+        found = self.store.winners([scans.scan_id(number, sha)])
+        doc = found.get(scans.scan_id(number, sha))
+        if doc is None:
+            raise CaseError("该办件没有这份扫描件（或尚未同步到本站）。")
+        try:
+            return scans.open_scan(self.scan_key, doc), doc.get("mime")
+        except scans.ScanUnreadable as exc:
+            raise CaseError(exc.message) from exc
 
     def _materials(self, item, checklist_input, applicant_key, decision):
         """The checklist members of an acceptance or notice, validated against the guide.
@@ -301,7 +343,7 @@ class CaseDesk:
             for materials the applicant brings; shared ones are filled in here.
         """
         rows = self.checklist(item, applicant_key)
-        materials, scans = [], []
+        materials, uploads = [], []
         for row in rows:
             given = (checklist_input.get(row["index"]) or
                      checklist_input.get(str(row["index"])) or {})
@@ -328,12 +370,12 @@ class CaseDesk:
                 shas = [_scan_sha(s) for s in given.get("scans") or ()]
                 if shas:
                     entry["scans"] = shas
-                    scans.extend((row["index"], row["name"], s) for s in shas)
+                    uploads.extend((row["index"], row["name"], s) for s in shas)
             materials.append(entry)
-        return materials, scans
+        return materials, uploads
 
     def receive(self, item_id, applicant, materials, decision, actor, *, delivery_station=None,
-                proxy=None, number=None, commitment_note=""):
+                proxy=None, number=None, commitment_note="", visit=True):
         """The window's decision on an application: accept, one-time notice, accept with
         deficiency (容缺) or on written commitment (告知承诺). Returns the case number.
 
@@ -342,33 +384,40 @@ class CaseDesk:
             "scans": [sha256], "problem": text}}`` for what the applicant brings.
         :param proxy: ``{"number", "name", "phone", "authorisation": sha256}`` of an agent.
         :param number: continue an existing case (pre-applied, or after a notice).
+        :param visit: False when the applicant did not come (an online pre-application of
+            an item that needs no visit).
         """
         if decision not in DECISIONS:
             raise CaseError("请选择受理、一次性告知、容缺受理或告知承诺受理。")
-        header, events = None, []
         if number is not None:
-            header, events, state = self.load(number)
-            item = self.item(header["item"])
-        else:
-            item = self.item(item_id)
+            item_id = self.load(number)[0]["item"]
+        item = self.item(item_id)  # the version in force now, also for a continued case
         self._check_accepting_tier(item)
         kind, normalised = self.check_number(applicant.number)
         self._check_service_object(item, kind)
         applicant_key = identity.person_key(self.region_key, normalised)
-        if header is not None and header["applicant_key"] != applicant_key:
-            raise CaseError("证件号码与该办件的申请人不一致。")
         if not applicant.name.strip():
             raise CaseError("请填写申请人姓名（或单位名称）。")
         profile = self._profile(applicant, normalised)
-        checked, scans = self._materials(item, materials, applicant_key, decision)
+        checked, uploads = self._materials(item, materials, applicant_key, decision)
         outstanding = [m for m in checked if m["status"] in F.OUTSTANDING]
         self._check_decision(item, decision, checked, outstanding)
         proxy_member, proxy_scans = self._proxy(item, proxy)
-        # One write transaction: the number, the clock and the documents commit together.
+        reuse = {offer["sha"]: offer["case"]
+                 for offers in self.reusable_scans(applicant_key).values() for offer in offers}
+        sealed = personal.seal_profile(self.region_key, applicant_key, profile)
+        # One write transaction: the case as it stands, the number, the clock and the
+        # documents, so nothing another clerk writes meanwhile is missed.
         with self.db.atomic():
+            header, events = None, []
+            if number is not None:
+                header, events, _ = self.load(number)
+                if header["applicant_key"] != applicant_key:
+                    raise CaseError("证件号码与该办件的申请人不一致。")
             hlc = self.clock.now()
             number = number or self.next_number(hlc)
-            route = self.route_for(item, header["origin"] if header else self.node)
+            # Routed from the station that accepts (a pre-application waits here).
+            route = self.route_for(item, self.node)
             delivery_station = (delivery_station or (header or {}).get("delivery_station")
                                 or self.node)
             docs = []
@@ -376,36 +425,50 @@ class CaseDesk:
                 header = casedocs.case_header(
                     number, item["doc_id"], self.node, route[-1], applicant_key, hlc,
                     item_name=item["name"], item_version=item["version"], item_hash=item["hash"],
-                    applicant_kind=kind, applicant=personal.seal_profile(
-                        self.region_key, applicant_key, profile),
-                    route=route, department=item.get("department", ""),
+                    applicant_kind=kind, applicant=sealed, route=route,
+                    department=item.get("department", ""),
                     parallel=list(item.get("parallel_departments") or []),
                     lead_department=item.get("lead_department", ""),
                     limit=_limit(item), delivery_station=delivery_station,
                     proxy=proxy_member)
                 docs.append(header)
-            docs += self._scan_events(number, actor, scans + proxy_scans)
+            docs += self._scan_events(number, actor, uploads + proxy_scans, reuse)
             parties = [c for c in dict.fromkeys([*route, delivery_station]) if c != self.node]
             if decision == "notice":
                 event = self._event(number, "notice", actor, materials=checked)
             else:
-                mode = {"accept": F.NORMAL, "deficiency": F.DEFICIENCY,
-                        "commitment": F.COMMITMENT}[decision]
-                fields = {"mode": mode, "materials": checked, "route": route,
-                          "delivery_station": delivery_station, "limit": _limit(item)}
-                today = casedocs.day_of(hlc)
-                if mode == F.DEFICIENCY:
-                    fields["deficiency_due"] = self._workdays_after(today, DEFICIENCY_DAYS)
-                if mode == F.COMMITMENT:
-                    fields["postcheck_due"] = self._workdays_after(today, POSTCHECK_DAYS)
-                    fields["commitment_note"] = commitment_note or "申请人书面承诺所缺材料真实有效"
-                if proxy_member:
-                    fields["proxy"] = True
-                event = self._event(number, "accepted", actor, parties=parties, **fields)
+                event = self._event(number, "accepted", actor, parties=parties, **self._accepted(
+                    item, decision, hlc, checked, route, delivery_station, commitment_note,
+                    proxy_member, visit, continued=bool(events), sealed=sealed))
             docs.append(event)
             self._check_and_write(docs, header, events)
         logger.info("case %s: %s at %s by %s", number, event["kind"], self.node, actor.username)
         return number
+
+    def _accepted(self, item, decision, hlc, checked, route, delivery_station, commitment_note,
+                  proxy_member, visit, continued, sealed):
+        """The members of an ``accepted`` event."""
+        mode = {"accept": F.NORMAL, "deficiency": F.DEFICIENCY,
+                "commitment": F.COMMITMENT}[decision]
+        fields = {"mode": mode, "materials": checked, "route": route,
+                  "delivery_station": delivery_station, "limit": _limit(item),
+                  "item": item["doc_id"], "item_version": item["version"]}
+        if not visit:
+            fields["visit"] = False
+        if continued:
+            # The header was written at first contact: what the clerk checked now wins.
+            fields["applicant"] = sealed
+            if proxy_member:
+                fields["proxy"] = proxy_member
+        elif proxy_member:
+            fields["proxy"] = proxy_member
+        today = casedocs.day_of(hlc)
+        if mode == F.DEFICIENCY:
+            fields["deficiency_due"] = self._workdays_after(today, DEFICIENCY_DAYS)
+        if mode == F.COMMITMENT:
+            fields["postcheck_due"] = self._workdays_after(today, POSTCHECK_DAYS)
+            fields["commitment_note"] = commitment_note or "申请人书面承诺所缺材料真实有效"
+        return fields
 
     def _workdays_after(self, day, days):
         if self.calendar is None:
@@ -445,6 +508,13 @@ class CaseDesk:
                 raise CaseError(f"事项“{item['name']}”不允许容缺受理。")
             if not outstanding:
                 raise CaseError("没有缺少的材料，请直接受理。")
+            marked = {i for i, m in enumerate(item.get("materials") or ())
+                      if m.get("necessity") == "容缺后补"}
+            # Where the guide names the materials that may come later, only those may.
+            core = [m["name"] for m in outstanding if marked and m["index"] not in marked]
+            if core:
+                raise CaseError("以下材料不属于可容缺后补的材料，不能容缺受理："
+                                + "、".join(core) + "。")
         if decision == "commitment":
             if not item.get("commitment_allowed"):
                 raise CaseError(f"事项“{item['name']}”不适用告知承诺制。")
@@ -494,31 +564,36 @@ class CaseDesk:
 
         :param materials: ``{index: [sha256, …]}`` (an empty list: checked as an original).
         """
-        header, events, state = self.load(number)
         if not materials:
             raise CaseError("请选择补充提交的材料。")
-        entries, scans = [], []
-        for index, shas in materials.items():
-            key = str(index)
-            held = state["materials"].get(key)
-            if held is None:
-                raise CaseError(f"该办件没有第 {int(index) + 1} 项材料。")
-            shas = [_scan_sha(s) for s in shas or ()]
-            entries.append({"index": int(index), "name": held["name"], "status": F.PROVIDED,
-                            "scans": shas})
-            scans.extend((int(index), held["name"], s) for s in shas)
         with self.db.atomic():
-            docs = self._scan_events(number, actor, scans)
+            header, events, state = self.load(number)
+            entries, wanted = [], []
+            for index, shas in materials.items():
+                held = state["materials"].get(str(index))
+                if held is None:
+                    raise CaseError(f"该办件没有第 {int(index) + 1} 项材料。")
+                shas = [_scan_sha(s) for s in shas or ()]
+                entries.append({"index": int(index), "name": held["name"],
+                                "status": F.PROVIDED, "scans": shas})
+                wanted.extend((int(index), held["name"], s) for s in shas)
+            docs = self._scan_events(number, actor, wanted)
             docs.append(self._event(number, "supplemented", actor, materials=entries,
                                     visit=visit))
             return self._check_and_write(docs, header, events)
 
     def act(self, number, kind, actor, parties=(), **fields):
         """Any other event (forward, opinion, decisions, transfer, delivery, rating …)."""
-        header, events, _ = self.load(number)
-        with self.db.atomic():  # the clock and the event commit together
-            return self._check_and_write([self._event(number, kind, actor, parties, **fields)],
-                                         header, events)
+        return self._act_all(number, [(kind, actor, parties, fields)])
+
+    def _act_all(self, number, actions):
+        """Write several events at once: read the case, fold, write, in one transaction
+        (two clerks, or a double click, never both succeed at something only one may do)."""
+        with self.db.atomic():
+            header, events, _ = self.load(number)
+            docs = [self._event(number, kind, actor, parties, **fields)
+                    for kind, actor, parties, fields in actions]
+            return self._check_and_write(docs, header, events)
 
     def forward(self, number, actor, text=""):
         """Township review passed: the case goes on to the deciding county."""
@@ -563,11 +638,9 @@ class CaseDesk:
         return self.act(number, "rejected", actor, reason=reason.strip())
 
     def transfer(self, number, actor, to, reason):
-        """Hand the case to another node (it becomes the handler)."""
-        try:
-            casedocs.check_code(to, "转办对象")
-        except errors.DocValidation:
-            raise CaseError("请填写正确的转办站点代码。")
+        """Hand the case to another township or the county (it takes this stage)."""
+        if to not in dict(self.transfer_targets()):
+            raise CaseError("请选择已登记的镇级或县级站点作为转办对象。")
         if not reason.strip():
             raise CaseError("转办须写明理由。")
         return self.act(number, "transferred", actor, parties=[to], to=to, reason=reason.strip())
@@ -583,10 +656,13 @@ class CaseDesk:
     def deliver(self, number, actor, to="applicant"):
         """Hand the result over at this station."""
         _, _, state = self.load(number)
+        actions = []
         if state["status"] == F.READY and state["delivery_station"] != self.node:
-            # Delivery anywhere: the citizen came here instead; record the change first.
-            self.change_delivery(number, actor, self.node)
-        return self.act(number, "delivered", actor, to=to)
+            # Delivery anywhere: the citizen came here instead; the change and the
+            # delivery are written together.
+            actions.append(("delivery_changed", actor, [self.node], {"station": self.node}))
+        actions.append(("delivered", actor, (), {"to": to}))
+        return self._act_all(number, actions)
 
     def rate(self, number, score, text=""):
         """The citizen's rating (好差评, 1–5) after delivery."""
@@ -629,7 +705,7 @@ class CaseDesk:
             raise CaseError("请选择办理站点。")
         applicant_key = identity.person_key(self.region_key, normalised)
         profile = self._profile(applicant, normalised)
-        checked, scans = self._materials(item, materials or {}, applicant_key, "notice")
+        checked, uploads = self._materials(item, materials or {}, applicant_key, "notice")
         with self.db.atomic():
             hlc = self.clock.now()
             number = self.next_number(hlc)
@@ -643,7 +719,7 @@ class CaseDesk:
                 parallel=list(item.get("parallel_departments") or []),
                 lead_department=item.get("lead_department", ""), limit=_limit(item),
                 delivery_station=station, channel="online")
-            docs = [header, *self._scan_events(number, CITIZEN, scans)]
+            docs = [header, *self._scan_events(number, CITIZEN, uploads)]
             docs.append(self._event(number, "preapplied", CITIZEN,
                                     parties=[station] if station != self.node else [],
                                     station=station, materials=checked))
@@ -663,8 +739,9 @@ def _licence_for(material_name, licences):
 
 
 def _limit(item):
-    """The time limit counted for a case: the promised one, else the statutory one."""
-    if item.get("promised_time_limit"):
+    """The time limit counted for a case: the promised one (0: 即办, the same day), else
+    the statutory one."""
+    if item.get("promised_time_limit") is not None:
         return {"days": item["promised_time_limit"],
                 "unit": item.get("promised_time_limit_unit", "工作日"), "kind": "promised"}
     if item.get("statutory_time_limit"):

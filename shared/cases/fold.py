@@ -14,6 +14,7 @@ events' HLCs, never from the wall clock of the node folding: the fold has no "no
 Working-day arithmetic is :mod:`shared.workdays`' (see :func:`due_date`).
 """
 
+import copy
 import datetime
 
 from shared.casedocs import CHINA_TIME, events_in_order
@@ -47,6 +48,10 @@ EVENT_LABELS = {
     "commitment_checked": "告知承诺核查", "withdrawn": "撤回申请", "joined": "异地站点接入",
     "assigned": "分办",
 }
+#: Kinds written by staff: their node must take part in the case (or be above it).
+STAFF_KINDS = ("notice", "accepted", "supplemented", "forwarded", "opinion",
+               "supplement_requested", "approved", "rejected", "transferred",
+               "delivery_changed", "delivered", "complaint_handled", "commitment_checked")
 #: Acceptance modes.
 NORMAL, DEFICIENCY, COMMITMENT = "normal", "deficiency", "commitment"
 MODE_LABELS = {NORMAL: "受理", DEFICIENCY: "容缺受理", COMMITMENT: "告知承诺受理"}
@@ -104,7 +109,15 @@ def _blank(header):
         "decision": None, "delivered": None, "rating": None, "complaints": [],
         "postcheck": None, "supplement_request": None, "proxy": header.get("proxy"),
         "licences": [], "timeline": [], "ignored": [], "visits": 0,
+        # The latest sealed applicant profile (a continued case may correct it).
+        "applicant": header.get("applicant"),
+        "participants": sorted(c for c in {header.get("origin"), header.get("handler"),
+                                           *(header.get("route") or ())} if c),
     }
+
+
+#: Members only appended to after an event is applied (never by the transitions).
+_APPEND_ONLY = ("timeline", "ignored")
 
 
 class _Refused(Exception):
@@ -126,24 +139,77 @@ def fold(header, events):
         seen.add(event.get("_id"))
         kind = event.get("kind")
         apply = _APPLY.get(kind)
+        # A refused event must leave no trace: work on a copy, keep it only on success.
+        trial = {key: value if key in _APPEND_ONLY else copy.deepcopy(value)
+                 for key, value in state.items()}
         try:
             if header is None:
                 raise _Refused("案件信息尚未同步到本站")
+            if kind in STAFF_KINDS:
+                _require_participant(trial, event)
             if apply is not None:
-                apply(state, event)
+                apply(trial, event)
         except _Refused as refused:
-            state["ignored"].append({"event": event.get("_id"), "kind": kind,
-                                     "reason": str(refused)})
+            _ignore(state, event, str(refused))
             continue
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # A document that passed the envelope checks but not the fold's: every node
+            # refuses it the same way instead of failing on the whole case.
+            _ignore(state, event, f"事件格式不正确（{type(exc).__name__}）")
+            continue
+        state = trial
+        _add_participants(state, event.get("parties"))
         if kind != "attached":
             _note(state, event)
     state["status_label"] = STATUS_LABELS.get(state["status"], state["status"])
     return state
 
 
+def _ignore(state, event, reason):
+    state["ignored"].append({"event": event.get("_id"), "kind": event.get("kind"),
+                             "node": event.get("node"), "hlc": event.get("hlc"),
+                             "reason": reason})
+
+
+def _add_participants(state, codes):
+    if isinstance(codes, list):
+        found = set(state["participants"])
+        found.update(c for c in codes if isinstance(c, str) and c)
+        state["participants"] = sorted(found)
+
+
+def _require_participant(state, event):
+    """Staff actions come from a node taking part in the case or one above it."""
+    node = event.get("node")
+    if not isinstance(node, str) or not any(p.startswith(node) for p in state["participants"]):
+        raise _Refused(f"节点 {node} 未参与该办件，不能办理")
+
+
+def decision_refusal(state, node, by):
+    """Why ``by`` (an event's ``by``) at ``node`` may not decide the case now, else None.
+
+    The same rule for forward, approve, reject, request a supplement and transfer: the
+    case must be in the node's queue; with parallel departments only the lead department
+    decides; else a staff member with a department decides only that department's cases.
+    """
+    if state["status"] != HANDLING:
+        return f"案件当前状态为“{STATUS_LABELS[state['status']]}”，不能办理"
+    if node != state["stage"]:
+        return f"案件已不在节点 {node} 办理"
+    department = (by or {}).get("department") or ""
+    if state["parallel"]:
+        lead = state["lead_department"]
+        if department != lead:
+            return f"并联审批事项由牵头部门（{lead}）作出决定"
+    elif department and state["department"] and department != state["department"]:
+        return f"该办件属于{state['department']}，不由{department}办理"
+    return None
+
+
 def _note(state, event):
-    entry = {"kind": event.get("kind"), "label": EVENT_LABELS.get(event.get("kind"), event.get("kind")),
-             "hlc": event.get("hlc"), "node": event.get("node"), "by": _by(event)}
+    kind = event.get("kind")
+    entry = {"kind": kind, "label": EVENT_LABELS.get(kind, kind), "hlc": event.get("hlc"),
+             "node": event.get("node"), "by": _by(event)}
     for key in ("reason", "text", "opinion", "result", "mode", "score", "to", "station",
                 "department", "stage"):
         if key in event:
@@ -165,8 +231,11 @@ def _stage_node(state):
 def _set_materials(state, materials):
     """Record a checklist (index → status and scans) and recompute what is outstanding."""
     for entry in materials or ():
-        if not isinstance(entry, dict) or "index" not in entry:
-            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("index"), int) or \
+                isinstance(entry["index"], bool) or entry["index"] < 0:
+            raise ValueError("material entries need a non-negative integer index")
+        if entry.get("status", MISSING) not in MATERIAL_LABELS:
+            raise ValueError(f"unknown material status {entry.get('status')!r}")
         key = str(entry["index"])
         held = state["materials"].setdefault(key, {"name": entry.get("name", ""),
                                                    "status": MISSING, "scans": []})
@@ -223,6 +292,11 @@ def _accepted(state, event):
     if event.get("limit"):
         state["limit"] = event["limit"]
     state["deficiency_due"] = event.get("deficiency_due")
+    if event.get("item") and event["item"] != state["item"]:
+        state["materials"] = {}  # accepted under a newer version: its own checklist
+    for member in ("applicant", "proxy", "item", "item_version"):
+        if event.get(member):
+            state[member] = event[member]
     if mode == COMMITMENT:
         state["postcheck"] = {"due": event.get("postcheck_due"), "result": None}
     _set_materials(state, event.get("materials"))
@@ -260,6 +334,7 @@ def _in_queue_of_author(state, event, what):
 
 def _forwarded(state, event):
     _in_queue_of_author(state, event, "报送")
+    _require_decider(state, event)
     _require(state["route_index"] + 1 < len(state["route"]), "已是决定机关，不能再报送")
     state["route_index"] += 1
     state["stage"] = _stage_node(state)
@@ -268,7 +343,10 @@ def _forwarded(state, event):
 def _opinion(state, event):
     _in_queue_of_author(state, event, "提出并联意见")
     department = event.get("department")
-    _require(department in state["parallel"], f"{department} 不是本事项的并联部门")
+    _require(isinstance(department, str) and department in state["parallel"],
+             f"{department} 不是本事项的并联部门")
+    _require((event.get("by") or {}).get("department") == department,
+             "只能以本人所在部门提出并联意见")
     _require(state["parallel"][department] is None, f"{department} 已提出意见")
     state["parallel"][department] = {"opinion": event.get("opinion"), "text": event.get("text", ""),
                                      "by": _by(event), "hlc": event.get("hlc")}
@@ -276,6 +354,7 @@ def _opinion(state, event):
 
 def _supplement_requested(state, event):
     _in_queue_of_author(state, event, "要求补正")
+    _require_decider(state, event)
     state["status"] = SUPPLEMENTING
     state["supplement_request"] = {"node": event.get("node"), "reason": event.get("reason", ""),
                                    "hlc": event.get("hlc")}
@@ -288,10 +367,13 @@ def _decided(state, event):
     kind = event["kind"]
     _in_queue_of_author(state, event, "作出决定")
     _require(state["route_index"] == len(state["route"]) - 1, "本节点负责初审，决定须由上级作出")
+    _require_decider(state, event)
     if kind == "approved":
         _require(not state["outstanding"], "仍有容缺材料未补齐，不能审批通过")
         pending = [d for d, o in state["parallel"].items() if o is None]
         _require(not pending, "并联部门意见未齐：" + "、".join(pending))
+        against = [d for d, o in state["parallel"].items() if o["opinion"] != "agree"]
+        _require(not against, "并联部门不同意：" + "、".join(against) + "，不能审批通过")
     state["decision"] = {"kind": kind, "hlc": event.get("hlc"), "node": event.get("node"),
                          "by": _by(event), "reason": event.get("reason", ""),
                          "result": event.get("result", "")}
@@ -304,17 +386,26 @@ def _decided(state, event):
     state["stage"] = state["delivery_station"]
 
 
+def _require_decider(state, event):
+    refusal = decision_refusal(state, event.get("node"), event.get("by"))
+    _require(refusal is None, refusal)
+
+
 def _transferred(state, event):
     _in_queue_of_author(state, event, "转办")
+    _require_decider(state, event)
     target = event.get("to")
     _require(isinstance(target, str) and target != event.get("node"), "转办对象无效")
-    state["route"] = state["route"][:state["route_index"]] + [target]
+    index = state["route_index"]
+    # The target takes this stage; later stages (the county after a review) stay.
+    state["route"] = state["route"][:index] + [target] + state["route"][index + 1:]
     state["stage"] = target
-    state["handler"] = target
+    state["handler"] = state["route"][-1]
 
 
 def _delivery_changed(state, event):
     _require(state["status"] in OPEN_STATUSES, "结果已送达，不能变更领取站点")
+    _require(isinstance(event.get("station"), str) and event["station"], "领取站点无效")
     state["delivery_station"] = event.get("station")
     if state["status"] == READY:
         state["stage"] = event.get("station")
@@ -322,6 +413,8 @@ def _delivery_changed(state, event):
 
 def _delivered(state, event):
     _require(state["status"] == READY, "案件尚未办结，或结果已经送达")
+    _require(event.get("node") == state["delivery_station"],
+             "结果须在申请人选定的领取站点送达（先变更领取站点）")
     state["status"] = DONE
     state["stage"] = None
     state["delivered"] = {"node": event.get("node"), "hlc": event.get("hlc"),

@@ -192,8 +192,8 @@ def check_applicant_number(text):
     """Check an applicant's number, a resident ID number or a credit code.
 
     Many credit codes are 17 digits and a check character too, so the shape alone does
-    not decide: a number that looks like a resident ID number (a birth date in place)
-    is checked as one first, and its message is the one shown when it is neither.
+    not decide: a number that looks like a resident ID number (a year 19xx/20xx, a month
+    and a day in place) is checked as one, and only as one.
 
     :returns: ``ApplicantNumber(kind, number)``, kind ``"person"`` or ``"organisation"``.
     :raises IdNumberInvalid: it is neither (the message fits what it looks like).
@@ -207,13 +207,10 @@ def check_applicant_number(text):
         raise IdNumberInvalid(f"证件号码应为18位（居民身份证号码或统一社会信用代码），"
                               f"实为{len(number)}位。")
     if _looks_like_resident_id(number):
-        try:
-            return ApplicantNumber(PERSON, check_resident_id(number).number)
-        except IdNumberInvalid as as_person:
-            try:
-                return ApplicantNumber(ORGANISATION, check_credit_code(number))
-            except IdNumberInvalid:
-                raise as_person from None
+        # No fallback to a credit code: a mistyped ID number often passes the credit
+        # code's check (about 1 typo in 30), which would file the person under the wrong
+        # key. The clerk is told the ID number is wrong instead.
+        return ApplicantNumber(PERSON, check_resident_id(number).number)
     return ApplicantNumber(ORGANISATION, check_credit_code(number))
 
 

@@ -2,8 +2,8 @@
 
 A store projection: whenever a ``case:`` or ``event:`` document is written (here or by
 replication) the case is folded again from all its documents inside the same transaction,
-so a queue never shows a state its events do not give. Scanned materials travel inside
-``attached`` events; their ``data`` member is dropped in SQL before the fold reads them.
+so a queue never shows a state its events do not give. Scans (``scan:`` documents) are
+not read: the ``attached`` events name them.
 """
 
 import datetime
@@ -29,12 +29,11 @@ def item_id_of(doc_id):
     return doc_id[len("item:"):].split("@", 1)[0] if doc_id.startswith("item:") else doc_id
 
 
-def read_case(db, number, *, with_data=False):
+def read_case(db, number):
     """``(header, events)`` of case ``number`` as held in ``db`` (live winners only)."""
-    body = "r.body" if with_data else "json_remove(r.body, '$.data')"
     prefix = f"event:{number}:"
     rows = db.execute_sql(
-        f"SELECT d.id, {body} FROM document d JOIN revision r ON r.doc_id = d.id AND r.rev = d.rev "
+        "SELECT d.id, r.body FROM document d JOIN revision r ON r.doc_id = d.id AND r.rev = d.rev "
         "WHERE d.deleted = 0 AND (d.id = ? OR (d.id > ? AND d.id < ?))",
         ("case:" + number, prefix, prefix[:-1] + ";")).fetchall()
     header, events = None, []
@@ -78,7 +77,8 @@ class CaseIndex:
 
     def apply(self, db, docs):
         """Fold again every case ``docs`` touch."""
-        numbers = dict.fromkeys(n for n in (case_number(doc_id) for doc_id, _ in docs) if n)
+        numbers = dict.fromkeys(n for n in (case_number(doc_id) for doc_id, _ in docs
+                                             if not doc_id.startswith("scan:")) if n)
         for number in numbers:
             try:
                 self.refresh(db, number)
@@ -96,6 +96,7 @@ class CaseIndex:
         marks = ",".join("?" * len(COLUMNS))
         db.execute_sql(f"INSERT OR REPLACE INTO case_state ({','.join(COLUMNS)}) "
                        f"VALUES ({marks})", [row[c] for c in COLUMNS])
+        db.execute_sql('DELETE FROM case_licence WHERE "case" = ?', (number,))
         for licence in state["licences"]:
             db.execute_sql(
                 'INSERT OR REPLACE INTO case_licence (applicant_key, name, number, valid_until, '
@@ -146,8 +147,10 @@ def queue(db, stage, statuses=(F.HANDLING,), department=None, limit=200):
     params = [stage, *statuses]
     where = f"stage = ? AND status IN ({marks})"
     if department:
-        where += " AND (department = ? OR state LIKE ?)"
-        params += [department, f'%"{department}": null%']
+        # Its own department's cases, and parallel cases it leads or still owes an opinion.
+        where += (" AND (department = ? OR json_extract(state, '$.lead_department') = ? "
+                  "OR json_type(state, '$.parallel.\"' || ? || '\"') = 'null')")
+        params += [department, department, department]
     cursor = db.execute_sql(
         f"SELECT {','.join(COLUMNS[:-1])} FROM case_state WHERE {where} "
         "ORDER BY due IS NULL, due, accepted_day, number LIMIT ?", [*params, limit])

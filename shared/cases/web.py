@@ -13,6 +13,7 @@ from flask import current_app
 from shared import errors, registry
 from shared.cases.blobs import BlobStore
 from shared.cases.desk import Actor, CaseError, CaseDesk
+from shared.cases.scans import scan_key
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ def desk(app=None):
         from shared.app import work_calendar
 
         store = app.extensions["store"]
-        found = CaseDesk(store, app.config, region_key(app),
-                         blobs=BlobStore(node_dir(app) / "blobs"),
+        key = region_key(app)
+        found = CaseDesk(store, app.config, key,
+                         blobs=BlobStore(node_dir(app) / "blobs", key=scan_key(key)),
                          calendar=work_calendar(app.config))
         app.extensions["case_desk"] = found
     return found

@@ -5,6 +5,8 @@ The booking module (:mod:`shared.cases.appointments`) stores the booked person's
 phone only sealed with the region key; the staff list opens them to show masked names, and
 that view goes to the audit log. Citizens cancel with the booking code plus the last four
 digits of the phone they gave; a wrong pair and an unknown code get the same answer.
+Public bookings are throttled per client address and the booking form's request size is
+capped (see :mod:`shared.views.progress`).
 """
 
 import datetime
@@ -19,7 +21,10 @@ from shared.cases import personal, web
 from shared.cases.desk import CaseError
 from shared.catalog import active
 from shared.staff import current_staff, message_page, staff_required
-from shared.views.progress import (form_token_required, init_template_helpers, proof_matches)
+from shared.views.progress import (BOOK_PER_ADDRESS, client_address, create_throttle_table,
+                                   form_token_required, init_template_helpers, minutes,
+                                   proof_matches, request_size_guard, throttle_note,
+                                   throttle_wait, throttled)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,9 @@ DAYS_AHEAD = 14
 CANCEL_MISMATCH = "预约码与手机号后四位不匹配，请核对后重试。"
 DONE_MESSAGES = {"published": "时段已发布。", "cancelled": "预约已取消。", "booked": "已预约。"}
 _CODE = re.compile(r"[A-Z0-9]{4,12}")
+#: Bytes a public booking request may have (a few short fields, no files).
+MAX_BOOKING_REQUEST = 64 * 1024
+BOOK_THROTTLED = "本机提交的预约过多，请 {minutes} 分钟后再试，或致电服务站预约。"
 
 
 def _db():
@@ -106,10 +114,17 @@ def public():
     if request.method == "GET":
         return _public_page()
     form = {key: request.form.get(key, "") for key in ("slot", "id_number", "name", "phone")}
+    counted = [(BOOK_PER_ADDRESS, client_address())]
+    wait = throttle_wait(_db(), counted)
+    if wait is not None:
+        logger.warning("booking from %s: throttled", client_address())
+        return throttled(_public_page(form, BOOK_THROTTLED.format(minutes=minutes(wait)), 429),
+                         wait)
     try:
         booking = book_for(form, ap.CITIZEN)
     except (CaseError, personal.PersonalDataInvalid, ap.AppointmentError) as exc:
         return _public_page(form, exc.message, _refusal_status(exc))
+    throttle_note(_db(), counted)
     session["booking"] = booking["code"]
     return redirect(url_for("appointments.booked"))
 
@@ -275,6 +290,12 @@ def staff_cancel():
 
 # -- wiring ---------------------------------------------------------------------------------
 
+_size_guard, _too_large = request_size_guard({"appointments.public": MAX_BOOKING_REQUEST},
+                                             hint="请返回预约页面重新填写。")
+bp.before_request(_size_guard)
+bp.register_error_handler(413, _too_large)
+
+
 @bp.errorhandler(CaseError)
 def _case_error(exc):
     # Only what the views do not catch: a node that cannot handle cases at all.
@@ -288,7 +309,8 @@ def _no_store(response):
 
 
 def init_app(app):
-    """Create the appointment tables and register the pages."""
+    """Create the appointment and throttle tables and register the pages."""
     ap.create_tables(app.extensions["store"].db)
+    create_throttle_table(app.extensions["store"].db)
     init_template_helpers(app)
     app.register_blueprint(bp)

@@ -1,23 +1,33 @@
 """Public case pages (no login): progress by case number, rating, complaint, online pre-application.
 
 A citizen proves they are the applicant with the case number plus the applicant's name or
-the last four digits of the phone, checked against the decrypted profile in the case
-header. A wrong proof and a number this node does not hold get the same answer (404, one
-message), so the page never tells whether a number exists. A proof is kept for
+the last four digits of the phone, checked against the decrypted profile in the case's
+folded state (the latest one: a window may correct what was typed online). A wrong proof
+and a number this node does not hold get the same answer (404, one message), so the page
+never tells whether a number exists. A proof is kept for
 :data:`PROOF_SECONDS` in the signed Flask session, so the rating and complaint forms work
 without asking again.
 
 Public forms have no staff session: :func:`form_token_field` puts a random token kept in
 the Flask session into each form, and :func:`form_token_required` refuses a POST that does
 not send it back, which a form on another site cannot do.
+
+Case numbers are sequential and the phone's last four digits have only 10^4 values, so
+failed proofs are throttled per case number and per client address; online
+pre-applications and bookings are throttled per client address. The counters live in the
+``public_throttle`` table of the node's store (one row per scope and key, purged once
+their window is over). The address is ``request.remote_addr`` only: a forwarded-for
+header is set by the client and proves nothing.
 """
 
 import functools
 import hmac
 import logging
+import math
 import secrets
 import time
 import unicodedata
+from typing import NamedTuple
 
 from flask import (Blueprint, current_app, redirect, render_template, request, session,
                    url_for)
@@ -26,7 +36,7 @@ from markupsafe import Markup, escape
 from shared import casedocs, errors, registry
 from shared.cases import fold as F
 from shared.cases import personal, web
-from shared.cases.blobs import BlobRefused, check as check_blob
+from shared.cases.blobs import MAX_BLOB_BYTES, MIB, BlobRefused, check as check_blob
 from shared.cases.desk import ApplicantInput, CaseError
 from shared.catalog import active
 from shared.staff import message_page
@@ -50,10 +60,164 @@ MAX_RATING_TEXT = 500
 MAX_COMPLAINT_TEXT = 1000
 MAX_ADDRESS = 200
 #: Messages a redirect may ask a page to show (never text from the query string itself).
-DONE_MESSAGES = {"rated": "感谢您的评价！", "complained": "投诉已提交，受理和答复情况会显示在本页。"}
+DONE_MESSAGES = {"rated": "感谢您的评价！", "complained": "投诉已提交，受理和答复情况会显示在本页。",
+                 "exited": "已退出查询，本机不再保留您的查询记录。"}
 DECISION_LABELS = {"approved": "审批通过", "rejected": "不予批准"}
 OPINION_LABELS = {"agree": "同意", "disagree": "不同意"}
 APPLY_TIERS = ("village", "township")
+#: Files one material of a pre-application may carry.
+MAX_FILES_PER_MATERIAL = 3
+#: Bytes a whole pre-application request may have (the form and every file).
+MAX_APPLY_REQUEST = 20 * MIB
+
+
+def _db():
+    return current_app.extensions["store"].db
+
+
+def client_address():
+    """The address the request came from (never a forwarded-for header, which the client
+    writes itself)."""
+    return request.remote_addr or "unknown"
+
+
+# -- throttles ----------------------------------------------------------------------------
+
+class Limit(NamedTuple):
+    """At most ``count`` events of ``scope`` per key within ``seconds``."""
+
+    scope: str
+    count: int
+    seconds: int
+
+
+PROOF_PER_NUMBER = Limit("proof-number", 5, 15 * 60)
+PROOF_PER_ADDRESS = Limit("proof-address", 20, 15 * 60)
+APPLY_PER_ADDRESS = Limit("apply-address", 10, 60 * 60)
+BOOK_PER_ADDRESS = Limit("book-address", 10, 60 * 60)
+#: Every limit's window ends within this many seconds: older rows are purged.
+LONGEST_WINDOW = max(limit.seconds for limit in (PROOF_PER_NUMBER, PROOF_PER_ADDRESS,
+                                                 APPLY_PER_ADDRESS, BOOK_PER_ADDRESS))
+#: Rows the table keeps at most, should a flood of keys arrive within one window.
+MAX_THROTTLE_ROWS = 100_000
+#: Longest key stored (case numbers and addresses are far shorter).
+MAX_THROTTLE_KEY = 64
+PROOF_THROTTLED = "查询失败次数过多，请 {minutes} 分钟后再试。"
+APPLY_THROTTLED = "本机提交的网上预申请过多，请 {minutes} 分钟后再试，或直接到服务站办理。"
+
+THROTTLE_TABLES = (
+    """CREATE TABLE IF NOT EXISTS public_throttle (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        started REAL NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (scope, key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS public_throttle_started ON public_throttle (started)",
+)
+
+
+def create_throttle_table(db):
+    """Create the table of public throttle counters if it does not exist."""
+    with db.atomic():
+        for statement in THROTTLE_TABLES:
+            db.execute_sql(statement)
+
+
+def throttle_wait(db, checks, at=None):
+    """Seconds until every ``(limit, key)`` of ``checks`` allows another event; None when
+    all allow one now."""
+    at = time.time() if at is None else at
+    waits = []
+    for limit, key in checks:
+        row = db.execute_sql("SELECT started, count FROM public_throttle "
+                             "WHERE scope = ? AND key = ?",
+                             (limit.scope, key[:MAX_THROTTLE_KEY])).fetchone()
+        if row is not None and row[1] >= limit.count and row[0] + limit.seconds > at:
+            waits.append(row[0] + limit.seconds - at)
+    return max(waits) if waits else None
+
+
+def throttle_note(db, checks, at=None):
+    """Count one event against each ``(limit, key)`` of ``checks``; a window that is over
+    starts again. Rows whose window is over are purged."""
+    at = time.time() if at is None else at
+    with db.atomic():
+        db.execute_sql("DELETE FROM public_throttle WHERE started <= ?", (at - LONGEST_WINDOW,))
+        for limit, key in checks:
+            expired = at - limit.seconds
+            db.execute_sql(
+                "INSERT INTO public_throttle (scope, key, started, count) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (scope, key) DO UPDATE SET "
+                "count = CASE WHEN started <= ? THEN 1 ELSE count + 1 END, "
+                "started = CASE WHEN started <= ? THEN excluded.started ELSE started END",
+                (limit.scope, key[:MAX_THROTTLE_KEY], at, expired, expired))
+        _bound_throttle_rows(db)
+
+
+def _bound_throttle_rows(db):
+    # Only a flood of distinct keys within one window gets here; the oldest rows go.
+    (rows,) = db.execute_sql("SELECT count(*) FROM public_throttle").fetchone()
+    if rows > MAX_THROTTLE_ROWS:
+        logger.warning("public throttle table over %d rows: oldest dropped", MAX_THROTTLE_ROWS)
+        db.execute_sql("DELETE FROM public_throttle WHERE rowid IN (SELECT rowid FROM "
+                       "public_throttle ORDER BY started LIMIT ?)", (rows - MAX_THROTTLE_ROWS,))
+
+
+def throttle_clear(db, limit, key):
+    """Forget the events counted against ``key`` (a proof that succeeded)."""
+    db.execute_sql("DELETE FROM public_throttle WHERE scope = ? AND key = ?",
+                   (limit.scope, key[:MAX_THROTTLE_KEY]))
+
+
+def minutes(seconds):
+    """Whole minutes to wait, rounded up (at least 1)."""
+    return max(1, math.ceil(seconds / 60))
+
+
+def throttled(response, seconds):
+    """``response`` (a 429 page) with its Retry-After header."""
+    response.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+    return response
+
+
+# -- request size -------------------------------------------------------------------------
+
+def size_text(size):
+    """``20 MB`` / ``64 KB``: a byte limit as people read it."""
+    return f"{size // MIB} MB" if size >= MIB else f"{max(1, size // 1024)} KB"
+
+
+UPLOAD_HINT = (f"每项材料最多 {MAX_FILES_PER_MATERIAL} 个文件、每个文件不超过 "
+               f"{MAX_BLOB_BYTES // MIB} MB，请减少或压缩文件后返回重新提交。")
+
+
+def too_large_page(limit, hint=UPLOAD_HINT):
+    """The 413 page of a request over ``limit`` bytes (nothing of it was stored)."""
+    return message_page(413, "提交内容过大",
+                        f"提交的内容过大（一次最多 {size_text(limit)}），未保存任何内容。{hint}")
+
+
+def request_size_guard(limits, hint=UPLOAD_HINT):
+    """A before_request function and a 413 handler for a blueprint: the endpoints in
+    ``limits`` (``{endpoint: bytes}``) read at most that many bytes, and a request that
+    declares more gets the 413 page before anything of it is read."""
+    def guard():
+        limit = limits.get(request.endpoint)
+        if limit is None:
+            return None
+        request.max_content_length = limit
+        if request.content_length is not None and request.content_length > limit:
+            logger.info("%s: request of %d bytes refused (limit %d)", request.path,
+                        request.content_length, limit)
+            return too_large_page(limit, hint)
+        return None
+
+    def refused(exc):
+        # A request without a declared length that turned out too long while being read.
+        limit = limits.get(request.endpoint)
+        return too_large_page(limit, hint) if limit else exc
+    return guard, refused
 
 
 # -- the public form token ---------------------------------------------------------------
@@ -145,13 +309,32 @@ def has_proof(number):
     return isinstance(expiry, (int, float)) and expiry > time.time()
 
 
+def forget_proofs():
+    """Forget every proof, booking and form token of this browser (a shared PC)."""
+    session.clear()
+
+
 def _profile_of(desk, number):
-    """The decrypted applicant of a case held here, or None (not held, unreadable)."""
+    """The decrypted applicant of a case held here, or None (not held, unreadable).
+
+    Opened from the folded state: a case continued at a window carries the corrected
+    profile there, and that is the one to prove against."""
     try:
-        header, _, _ = desk.load(number)
+        _, _, state = desk.load(number)
     except CaseError:
         return None
-    return desk.open_profile(header)
+    return desk.open_profile(state)
+
+
+def mask_licence(number):
+    """A licence number with only its first 4 and last 2 characters shown (short numbers
+    keep less)."""
+    number = (number or "").strip()
+    if len(number) >= 8:
+        return number[:4] + "*" * (len(number) - 6) + number[-2:]
+    if len(number) >= 3:
+        return number[0] + "*" * (len(number) - 2) + number[-1]
+    return "*" * len(number)
 
 
 # -- page pieces --------------------------------------------------------------------------
@@ -246,22 +429,26 @@ def decision(state, names):
     if not found:
         return None
     by = found.get("by") or {}
+    licence = found.get("licence")
+    if isinstance(licence, dict):
+        # Enough for the citizen to recognise the licence, not enough to quote it.
+        licence = dict(licence, number=mask_licence(str(licence.get("number") or "")))
     return {"kind": found["kind"], "label": DECISION_LABELS.get(found["kind"], found["kind"]),
             "result": found.get("result", ""), "reason": found.get("reason", ""),
             "time": _time(found.get("hlc")), "node": names(found.get("node")),
             "name": by.get("name", ""), "phone": by.get("phone", ""),
-            "licence": found.get("licence")}
+            "licence": licence}
 
 
 # -- the progress pages ---------------------------------------------------------------------
 
-def _query_form(number="", error=None, status=200, mismatch=False):
+def _query_form(number="", error=None, status=200, mismatch=False, notice=None):
     origin = ""
     if mismatch:
         # Named from the number as typed, so it tells nothing about what this node holds.
         origin = web.node_name(number.split("-", 1)[0])
     body = render_template("progress/query.html", number=number, error=error,
-                           mismatch=mismatch, origin=origin)
+                           mismatch=mismatch, origin=origin, notice=notice)
     return current_app.response_class(body, status=status, mimetype="text/html")
 
 
@@ -273,10 +460,20 @@ def _submit_proof(number, proof):
                                    "如 441521101001-20240301-0001。", 400)
     if not _plain(proof):
         return _query_form(number, "请输入申请人姓名或手机号后四位。", 400)
+    db = _db()
+    counted = [(PROOF_PER_NUMBER, number), (PROOF_PER_ADDRESS, client_address())]
+    wait = throttle_wait(db, counted)
+    if wait is not None:
+        # Refused before the proof is looked at, so guessing on cannot find the right one.
+        logger.warning("progress of %s from %s: throttled", number, client_address())
+        return throttled(_query_form(number, PROOF_THROTTLED.format(minutes=minutes(wait)),
+                                     429), wait)
     profile = _profile_of(web.desk(), number)
     if profile is None or not proof_matches(profile, proof):
         logger.info("progress of %s: proof refused", number)
+        throttle_note(db, counted)
         return _query_form(number, MISMATCH, 404, mismatch=True)
+    throttle_clear(db, PROOF_PER_NUMBER, number)
     grant_proof(number)
     return redirect(url_for("progress.case", number=number))
 
@@ -288,7 +485,16 @@ def query():
     if request.method == "POST":
         return _submit_proof(clean_number(request.form.get("number")),
                              request.form.get("proof", ""))
-    return _query_form(clean_number(request.args.get("number")))
+    return _query_form(clean_number(request.args.get("number")),
+                       notice=DONE_MESSAGES.get(request.args.get("done")))
+
+
+@bp.route("/progress/exit", methods=["POST"])
+@form_token_required
+def exit_query():
+    """退出查询: this browser forgets every proven case (public and shared PCs)."""
+    forget_proofs()
+    return redirect(url_for("progress.query", done="exited"))
 
 
 @bp.route("/progress/<number>")
@@ -304,14 +510,13 @@ def progress_page(number, error=None, status=200, notice=None, form=None):
     """The progress page of a proven case (``error``: a refused action's message)."""
     desk = web.desk()
     try:
-        header, _, state = desk.load(number)
+        _, _, state = desk.load(number)
     except CaseError:
         return _query_form(number, MISMATCH, 404, mismatch=True)
-    profile = desk.open_profile(header)
+    profile = desk.open_profile(state)
     names = _Names()
     body = render_template(
-        "progress/case.html", number=number, state=state,
-        item_name=header.get("item_name") or state.get("item_name"),
+        "progress/case.html", number=number, state=state, item_name=state.get("item_name"),
         applicant=personal.mask_name(profile.get("name")),
         steps=timeline(state, names), due=due_text(state, desk.calendar),
         stage=names(state.get("stage")), delivery_station=names(state.get("delivery_station")),
@@ -390,10 +595,6 @@ def complain(number):
 
 # -- online pre-application ------------------------------------------------------------------
 
-def _db():
-    return current_app.extensions["store"].db
-
-
 def online_items(db):
     """The items in force that take online applications (cached per release)."""
     release = active.active_number(db)
@@ -412,12 +613,12 @@ def online_items(db):
 
 def stations(db, item):
     """``[(code, name)]`` of the stations that can take ``item`` (this node first)."""
+    # Only what the county's registry lists as active: a revoked station (or this node,
+    # if revoked or not yet enrolled) takes no pre-applications.
     tiers = set(item.get("accept_tiers") or ()) & set(APPLY_TIERS)
     found = {e.code: e.name or e.code for e in registry.all_entries(db)
              if e.status == registry.ACTIVE and e.tier in tiers}
     own = current_app.config["NODE_CODE"]
-    if own not in found and current_app.config.get("TIER") in tiers:
-        found[own] = current_app.config.get("NODE_NAME") or web.node_name(own)
     ordered = sorted(found.items(), key=lambda pair: (pair[0] != own, pair[0]))
     return [(code, f"{name}（{code}）" if name != code else code) for code, name in ordered]
 
@@ -428,10 +629,13 @@ def _uploads(rows):
     for row in rows:
         if row["auto"]:
             continue
-        for upload in request.files.getlist(f"material-{row['index']}"):
-            if not upload or not upload.filename:
-                continue
-            data = upload.read()
+        sent = [upload for upload in request.files.getlist(f"material-{row['index']}")
+                if upload and upload.filename]
+        if len(sent) > MAX_FILES_PER_MATERIAL:
+            raise BlobRefused(f"材料“{row['name']}”最多上传 {MAX_FILES_PER_MATERIAL} 个文件"
+                              f"（本次选择了 {len(sent)} 个）。")
+        for upload in sent:
+            data = upload.read()  # bounded by the request limit
             try:
                 check_blob(data)
             except BlobRefused as exc:
@@ -441,8 +645,10 @@ def _uploads(rows):
 
 
 def _apply_form_page(item, rows, choices, form, error=None, status=200):
+    limits = {"files": MAX_FILES_PER_MATERIAL, "file": size_text(MAX_BLOB_BYTES),
+              "total": size_text(MAX_APPLY_REQUEST)}
     body = render_template("progress/apply_form.html", item=item, rows=rows,
-                           stations=choices, form=form, error=error)
+                           stations=choices, form=form, error=error, limits=limits)
     return current_app.response_class(body, status=status, mimetype="text/html")
 
 
@@ -487,6 +693,13 @@ def apply_item(item_id):
     if request.method == "GET":
         form["station"] = own if any(code == own for code, _ in choices) else ""
         return _apply_form_page(item, rows, choices, form)
+    counted = [(APPLY_PER_ADDRESS, client_address())]
+    wait = throttle_wait(_db(), counted)
+    if wait is not None:
+        logger.warning("pre-application from %s: throttled", client_address())
+        return throttled(_apply_form_page(item, rows, choices, form,
+                                          APPLY_THROTTLED.format(minutes=minutes(wait)), 429),
+                         wait)
     try:
         _check_applicant(desk, form)
         if form["station"] not in {code for code, _ in choices}:
@@ -503,6 +716,7 @@ def apply_item(item_id):
     except CaseError as exc:
         return _apply_form_page(item, rows, choices, form, exc.message, 400)
     logger.info("online pre-application %s for %s at %s", number, item["id"], form["station"])
+    throttle_note(_db(), counted)
     grant_proof(number)
     return redirect(url_for("progress.apply_done", number=number))
 
@@ -516,22 +730,27 @@ def apply_done(number):
         return refusal
     desk = web.desk()
     try:
-        header, _, state = desk.load(number)
+        _, _, state = desk.load(number)
     except CaseError:
         return _query_form(number, MISMATCH, 404, mismatch=True)
     try:
-        item = desk.item(header["item"])
+        item = desk.item(state["item"])
     except CaseError:
         item = {}
     bring = [m for _, m in sorted(state["materials"].items(), key=lambda p: int(p[0]))
              if m["status"] in (F.PROVIDED, *F.OUTSTANDING)]
     return render_template("progress/apply_done.html", number=number, state=state,
-                           item_name=header.get("item_name", ""), bring=bring,
+                           item_name=state.get("item_name", ""), bring=bring,
                            no_visit=item.get("max_on_site_visits") == 0,
                            station=web.node_name(state.get("stage")))
 
 
 # -- wiring ---------------------------------------------------------------------------------
+
+_size_guard, _too_large = request_size_guard({"progress.apply_item": MAX_APPLY_REQUEST})
+bp.before_request(_size_guard)
+bp.register_error_handler(413, _too_large)
+
 
 @bp.errorhandler(CaseError)
 def _case_error(exc):
@@ -566,6 +785,7 @@ def init_template_helpers(app):
 
 
 def init_app(app):
-    """Register the public case pages."""
+    """Create the throttle table and register the public case pages."""
+    create_throttle_table(app.extensions["store"].db)
     init_template_helpers(app)
     app.register_blueprint(bp)
