@@ -5,19 +5,24 @@ region (tests/casekit.py), logged in as real staff accounts, and checks what the
 member would see and what the stores hold afterwards.
 """
 
+import datetime
 import hashlib
 import io
+import json
 import re
 
 import pytest
 
+from shared.casedocs import CHINA_TIME
+from shared.cases import appointments
 from shared.cases import fold as F
 from shared.cases.index import state_of
 from shared.catalog.qr import qr_svg
 from shared.lookup import OFFLINE_MESSAGE
 from shared.views import cases
 from tests import casekit
-from tests.casekit import CITIZEN, PDF, TOWNSHIP, VILLAGE_A, VILLAGE_B
+from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
+                           VILLAGE_B)
 from tests.conftest import add_account
 
 PASSWORD = "pages-pw-123"
@@ -102,6 +107,21 @@ def audit_rows(kit, code):
         return []
     return [tuple(row) for row in db.execute_sql(
         "SELECT staff, action, subject FROM audit_log ORDER BY seq").fetchall()]
+
+
+def audit_details(kit, code, action):
+    """``(subject, detail)`` of the node's audit entries for ``action``, oldest first."""
+    db = kit.store(code).db
+    return [(subject, json.loads(detail)) for subject, detail in db.execute_sql(
+        "SELECT subject, detail FROM audit_log WHERE action = ? ORDER BY seq",
+        (action,)).fetchall()]
+
+
+def lookup(client, item=LOW_INCOME, applicant=CITIZEN):
+    """The window's step (a): the applicant's number for ``item``; the checklist page."""
+    return client.post("/cases/window", data={"step": "lookup", "item": item,
+                                              "applicant": applicant,
+                                              "csrf_token": csrf(client)})
 
 
 def accept_low_income(kit, client, decision="accept", statuses=None, files=None):
@@ -194,13 +214,14 @@ def test_notice_lists_every_missing_material_and_the_case_continues_elsewhere(ki
     assert rows == ["社会保障卡或本人银行账户信息", "城乡居民基本养老保险待遇领取申请表（通知表）"]
     assert "未签名" in html and "一次性告知" in html and "0660-3333000" in html
     assert clerk.get(f"/cases/{number}/receipt").status_code == 409
-    # The citizen brings everything to village B, which continues the same case.
-    kit.sync()
+    # The citizen brings everything to village B, which finds the case and continues it.
+    kit.join(VILLAGE_B, number)
     other = login(kit, VILLAGE_B, "clerk-b")
     form = text(other.get("/cases/window", query_string={"number": number}))
     assert 'value="陈阿婆"' in form and f'name="number" value="{number}"' in form
     done = decide(other, PENSION, "accept", {2: "provided", 3: "provided"}, number=number)
-    assert done.status_code == 302 and number_from(done) == number
+    assert done.status_code == 302, text(done)
+    assert number_from(done) == number
     assert state_of(kit.store(VILLAGE_B).db, number)["status"] == F.HANDLING
 
 
@@ -409,21 +430,272 @@ def test_commitment_with_a_proxy_and_the_post_check(kit):
     assert 'id="checklist-form"' in form and 'id="proxy"' not in form
 
 
-def test_a_second_application_reuses_history_and_scans(kit):
+def test_a_second_application_offers_earlier_scans_unticked_with_a_preview(kit):
     clerk = login(kit, VILLAGE_A, "clerk-a")
     first = accept_low_income(kit, clerk)
-    page = clerk.post("/cases/window", data={"step": "lookup", "item": LOW_INCOME,
-                                             "applicant": CITIZEN, "csrf_token": csrf(clerk)})
-    html = text(page)
+    html = text(lookup(clerk))
     assert f'href="/cases/{first}"' in html  # the earlier case in the history
     assert 'name="name" value="陈阿婆"' in html and 'name="phone" value="13800138000"' in html
     digest = hashlib.sha256(PDF).hexdigest()
-    assert f'name="m0_reuse" value="{digest}" checked' in html
+    # Offered, never ticked: the clerk looks at it first through the preview link.
+    offer = re.search(rf'<input type="checkbox" name="m0_reuse" value="{digest}"([^>]*)>', html)
+    assert offer and "checked" not in offer.group(1)
+    preview = f'/cases/{first}/scans/{digest}'
+    assert f'href="{preview}"' in html and first in html
+    assert clerk.get(preview).data == PDF
     assert 'name="m1_reuse"' not in html  # no earlier scan of that material
+    assert 'name="m0_status" value="provided" required checked' not in html
     key = kit.desk(VILLAGE_A).applicant_key(CITIZEN)
-    assert audit_rows(kit, VILLAGE_A)[-1] == ("clerk-a", "window_applicant", key)
+    assert ("clerk-a", "window_applicant", key) in audit_rows(kit, VILLAGE_A)
     # Ticked reuse counts as provided: the second case carries the same scan.
-    again = decide(clerk, LOW_INCOME, "accept", {1: "provided"}, m0_reuse=digest)
+    again = decide(clerk, LOW_INCOME, "accept", {0: "provided", 1: "provided"},
+                   m0_reuse=digest)
     second = number_from(again)
     assert second != first
     assert state_of(kit.store(VILLAGE_A).db, second)["materials"]["0"]["scans"] == [digest]
+
+
+def test_a_scan_that_is_not_the_applicants_cannot_be_slipped_in(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    forged = hashlib.sha256(b"someone else's passport").hexdigest()
+    response = decide(clerk, LOW_INCOME, "accept", {0: "provided", 1: "provided"},
+                      m0_reuse=forged)
+    assert response.status_code == 400
+    assert "不是本申请人的材料" in text(response)
+    assert case_count(kit, VILLAGE_A) == 0
+
+
+def test_another_station_offers_the_scans_of_a_case_it_has_joined(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    first = accept_low_income(kit, clerk)
+    digest = hashlib.sha256(PDF).hexdigest()
+    other = login(kit, VILLAGE_B, "clerk-b")
+    assert f'value="{digest}"' not in text(lookup(other))  # not here yet
+    kit.join(VILLAGE_B, first)
+    html = text(lookup(other))
+    assert f'href="/cases/{first}/scans/{digest}"' in html
+    assert other.get(f"/cases/{first}/scans/{digest}").data == PDF
+    again = decide(other, LOW_INCOME, "accept", {0: "provided", 1: "provided"},
+                   m0_reuse=digest)
+    assert again.status_code == 302, text(again)
+    second = number_from(again)
+    assert second.startswith(VILLAGE_B + "-")
+    assert state_of(kit.store(VILLAGE_B).db, second)["materials"]["0"]["scans"] == [digest]
+
+
+def test_window_lookup_goes_on_with_local_cases_when_the_region_is_offline(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    first = accept_low_income(kit, clerk)
+    kit.apps[VILLAGE_A].config["PARENT_URL"] = "http://127.0.0.1:9"
+    page = lookup(clerk)
+    html = text(page)
+    assert page.status_code == 200
+    assert f'id="lookup-message">{OFFLINE_MESSAGE}<' in html
+    assert 'id="checklist-form"' in html and f'href="/cases/{first}"' in html
+    kit.apps[VILLAGE_A].config.pop("PARENT_URL")
+    assert 'id="lookup-message"' not in text(lookup(clerk))
+
+
+# -- decision rights, transfer ------------------------------------------------------------------
+
+def test_an_approver_of_another_department_sees_why_and_cannot_decide(kit):
+    add_account(kit.apps[TOWNSHIP], "land-t", PASSWORD, roles=("approver",),
+                full_name="资源审批", department="自然资源")
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.sync()
+    land = login(kit, TOWNSHIP, "land-t")
+    page = text(land.get(f"/cases/{number}"))
+    assert 'id="decide-blocked"' in page and "不由自然资源办理" in page
+    for action in ("approve", "reject", "request_supplement", "transfer"):
+        assert f'id="action-{action}"' not in page
+    refused = land.post(f"/cases/{number}/approve", data={"csrf_token": csrf(land)})
+    assert refused.status_code == 409 and "不由自然资源办理" in text(refused)
+    state = state_of(kit.store(TOWNSHIP).db, number)
+    assert state["status"] == F.HANDLING and state["decision"] is None
+
+
+def test_transfer_offers_only_the_registered_townships_and_county(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.sync()
+    approver = login(kit, TOWNSHIP, "approver-t")
+    page = text(approver.get(f"/cases/{number}"))
+    form = page[page.index('id="action-transfer"'):]
+    form = form[:form.index("</form>")]
+    codes = re.findall(r'<option value="([0-9]+)">', form)
+    assert sorted(codes) == sorted([COUNTY, OTHER_TOWNSHIP])
+    assert "梅陇镇" in form and 'name="to" id="transfer-to"' in form
+    refused = approver.post(f"/cases/{number}/transfer", data={
+        "to": VILLAGE_B, "reason": "属地", "csrf_token": csrf(approver)})
+    assert refused.status_code == 409 and "请从列表中选择转办站点" in text(refused)
+    assert state_of(kit.store(TOWNSHIP).db, number)["stage"] == TOWNSHIP
+    moved = approver.post(f"/cases/{number}/transfer", data={
+        "to": OTHER_TOWNSHIP, "reason": "申请人户籍在梅陇镇", "csrf_token": csrf(approver)})
+    assert moved.status_code == 302
+    assert state_of(kit.store(TOWNSHIP).db, number)["stage"] == OTHER_TOWNSHIP
+
+
+# -- events that did not take effect ------------------------------------------------------------
+
+def test_two_stations_accepting_offline_show_the_ignored_acceptance(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, LOW_INCOME, "notice", {0: "provided", 1: "missing"},
+                      files={0: (PDF, "申请书.pdf")})
+    number = number_from(response)
+    kit.join(VILLAGE_B, number)
+    other = login(kit, VILLAGE_B, "clerk-b")
+    # Cut off from each other, both stations accept the same case.
+    for client in (clerk, other):
+        done = decide(client, LOW_INCOME, "accept", {0: "provided", 1: "provided"},
+                      number=number)
+        assert done.status_code == 302, text(done)
+    kit.sync()
+    state = state_of(kit.store(TOWNSHIP).db, number)
+    assert [e["kind"] for e in state["ignored"]] == ["accepted"]
+    approver = login(kit, TOWNSHIP, "approver-t")
+    queue = text(approver.get("/cases/"))
+    row = queue[queue.index(f'data-number="{number}"'):]
+    assert "有未生效操作" in row[:row.index("</tr>")]
+    page = text(approver.get(f"/cases/{number}"))
+    block = page[page.index('id="ignored"'):page.index("</section>", page.index('id="ignored"'))]
+    assert "未生效的操作" in block and "受理" in block and "该案件已经受理" in block
+    assert "西门村" in block  # the later acceptance, at village B
+
+
+def test_a_case_without_ignored_events_has_no_block_and_no_tag(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.sync()
+    approver = login(kit, TOWNSHIP, "approver-t")
+    assert "有未生效操作" not in text(approver.get("/cases/"))
+    assert 'id="ignored"' not in text(approver.get(f"/cases/{number}"))
+
+
+# -- printables, audit, scans -------------------------------------------------------------------
+
+def test_receipt_qr_points_to_the_public_site_when_set(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.apps[VILLAGE_A].config["PUBLIC_URL"] = "https://tongban.haifeng.gov.cn/"
+    html = text(clerk.get(f"/cases/{number}/receipt"))
+    url = f"https://tongban.haifeng.gov.cn/progress/{number}"
+    assert f'id="progress-url">{url}<' in html
+    assert qr_svg(url, title="扫码查询办理进度") in html
+    assert "localhost" not in html
+
+
+def test_views_of_a_proxied_case_record_the_applicant_and_the_agent(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    response = decide(clerk, "GD-LS-13", "commitment", {2: "committed"},
+                      proxy_number=AGENT, proxy_name="陈代办", proxy_phone="13900139000",
+                      proxy_file=(io.BytesIO(PDF), "委托书.pdf"))
+    number = number_from(response)
+    desk = kit.desk(VILLAGE_A)
+    expected = {"applicant_key": desk.applicant_key(CITIZEN),
+                "agent_key": desk.applicant_key(AGENT)}
+    page = text(clerk.get(f"/cases/{number}"))
+    assert "陈代办" in page
+    sha = re.search(rf'href="/cases/{number}/scans/([0-9a-f]{{64}})">授权委托书', page).group(1)
+    assert clerk.get(f"/cases/{number}/scans/{sha}").status_code == 200
+    clerk.get(f"/cases/{number}/receipt")
+    for action in ("view_case", "view_scan", "print_receipt"):
+        subject, detail = audit_details(kit, VILLAGE_A, action)[-1]
+        assert subject == number
+        assert {k: detail.get(k) for k in expected} == expected, action
+    assert audit_details(kit, VILLAGE_A, "view_scan")[-1][1]["sha256"] == sha
+
+
+def test_notice_and_window_continue_views_record_the_applicant(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = number_from(decide(clerk, PENSION, "notice", {2: "missing", 3: "provided"}))
+    clerk.get(f"/cases/{number}/notice")
+    clerk.get("/cases/window", query_string={"number": number})
+    key = kit.desk(VILLAGE_A).applicant_key(CITIZEN)
+    for action in ("print_notice", "window_continue"):
+        subject, detail = audit_details(kit, VILLAGE_A, action)[-1]
+        assert subject == number and detail == {"applicant_key": key}, action
+
+
+def test_scans_are_served_sandboxed_and_never_sniffed(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    sha = state_of(kit.store(VILLAGE_A).db, number)["materials"]["0"]["scans"][0]
+    scan = clerk.get(f"/cases/{number}/scans/{sha}")
+    assert scan.status_code == 200
+    assert scan.headers["Content-Security-Policy"] == "sandbox"
+    assert scan.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# -- handle anywhere: not yet synced ------------------------------------------------------------
+
+def test_find_offers_a_requery_for_cases_not_yet_here(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    other = login(kit, VILLAGE_B, "clerk-b")
+    key = kit.desk(VILLAGE_B).applicant_key(CITIZEN)
+    # What the region answered: the case is known, its documents are still on the way.
+    kit.store(VILLAGE_B).db.execute_sql(
+        'INSERT INTO case_applicant ("case", applicant_key, item, origin, handler, hlc) '
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (number, key, "item:" + LOW_INCOME + "@1", VILLAGE_A, TOWNSHIP, "0"))
+    html = text(other.post("/cases/find", data={"applicant": CITIZEN,
+                                                "csrf_token": csrf(other)}))
+    assert "尚未同步到本站" in html and "请稍后刷新" not in html
+    form = html[html.index('id="requery-form"'):]
+    form = form[:form.index("</form>")]
+    assert 'name="csrf_token"' in form and f'name="applicant" value="{CITIZEN}"' in form
+    assert 'id="requery"' in form and "重新查询" in form
+    kit.join(VILLAGE_B, number)
+    again = text(other.post("/cases/find", data={"applicant": CITIZEN,
+                                                 "csrf_token": csrf(other)}))
+    assert f'href="/cases/{number}"' in again and 'id="requery-form"' not in again
+
+
+# -- links, bookings, no-visit acceptance --------------------------------------------------------
+
+def test_work_list_links_home_and_appointments_and_counts_todays_bookings(kit):
+    app = kit.apps[VILLAGE_A]
+    db = kit.store(VILLAGE_A).db
+    today = datetime.datetime.now(CHINA_TIME).date()
+    morning = datetime.datetime.combine(today, datetime.time(0, 1))
+    slot = appointments.publish_slots(db, today, "23:00", "23:30", 30, 5, by="clerk-a",
+                                      now=morning)[0]
+    desk = kit.desk(VILLAGE_A)
+    for person in (CITIZEN, AGENT):
+        appointments.book(db, slot["id"], desk.applicant_key(person), {"sealed": "x"},
+                          None, "clerk-a", now=morning)
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    html = text(clerk.get("/cases/"))
+    assert 'id="bookings-count">2<' in html
+    with app.test_request_context():
+        from flask import url_for
+        admin = url_for("appointments.admin", day=today.isoformat())
+        home = url_for("home.index")
+    assert f'href="{admin}" id="bookings-today"' in html
+    assert f'href="{home}" id="link-home">首页<' in html and 'id="link-appointments"' in html
+    approver = login(kit, TOWNSHIP, "approver-t")
+    board = text(approver.get("/cases/"))
+    assert 'id="bookings-count"' not in board and 'id="link-appointments"' not in board
+
+
+def test_a_preapplied_case_needing_no_visit_is_accepted_without_the_applicant(kit):
+    desk = kit.desk(VILLAGE_A)
+    number = desk.preapply("GD-LS-13", casekit.applicant(), VILLAGE_A,
+                           {2: {"scans": [casekit.upload(desk)]}})
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    form = text(clerk.get("/cases/window", query_string={"number": number}))
+    assert 'id="no-visit"' in form and "申请人未到场（网上预申请，无需到场）" in form
+    done = decide(clerk, "GD-LS-13", "accept", {2: "provided"}, number=number, no_visit="1")
+    assert done.status_code == 302, text(done)
+    state = state_of(kit.store(VILLAGE_A).db, number)
+    assert state["status"] == F.HANDLING and state["visits"] == 0
+
+
+def test_the_no_visit_option_is_refused_for_a_walk_in_application(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    assert 'id="no-visit"' not in text(lookup(clerk, "GD-LS-13"))
+    response = decide(clerk, "GD-LS-13", "accept", {2: "provided"},
+                      files={2: (PDF, "登记表.pdf")}, no_visit="1")
+    assert response.status_code == 400 and "未到场" in text(response)
+    assert case_count(kit, VILLAGE_A) == 0

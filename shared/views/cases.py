@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from shared import registry
 from shared.casedocs import CHINA_TIME, events_in_order
+from shared.cases import appointments as ap
 from shared.cases import blobs as blobmod
 from shared.cases import fold as F
 from shared.cases import index, personal, web
@@ -46,6 +47,8 @@ ACTIONS = {
     "complaint": ("supervisor",),
     "postcheck": ("supervisor", "approver"),
 }
+#: The actions :meth:`CaseDesk.may_decide` rules on.
+DECISION_ACTIONS = ("approve", "reject", "request_supplement", "transfer")
 DONE_MESSAGES = {
     "supplement": "已登记补充的材料。", "forward": "已报送上级审批。", "opinion": "已提交并联意见。",
     "request_supplement": "已要求申请人补正材料，计时暂停。", "approve": "已审批通过。",
@@ -57,6 +60,8 @@ DECISION_NAMES = {"accept": "受理", "notice": "出具一次性告知书", "def
                   "commitment": "告知承诺受理"}
 NOT_NOW = "该办件当前的状态或您的角色不允许此操作，请刷新页面后查看可办理的操作。"
 MAX_QUERY = 100
+#: Rows a work-list section shows (the page says when there are more).
+LIST_LIMIT = 200
 #: Working days left at which a case gets a yellow card.
 YELLOW_DAYS = 1
 #: Statuses a clerk can choose for a material at the window.
@@ -213,6 +218,16 @@ def _read_uploads(fields):
     return stored
 
 
+def _audit_detail(state, **extra):
+    """The audit detail of a view of a case: whose data it shows (applicant, agent)."""
+    detail = {"applicant_key": state.get("applicant_key")}
+    proxy = state.get("proxy")
+    if isinstance(proxy, dict) and proxy.get("agent_key"):
+        detail["agent_key"] = proxy["agent_key"]
+    detail.update(extra)
+    return detail
+
+
 def _shas(values):
     return list(dict.fromkeys(v for v in values if isinstance(v, str) and _SHA.fullmatch(v)))
 
@@ -226,21 +241,39 @@ def _int_or_none(text):
 _ROW_COLUMNS = index.COLUMNS[:-1]
 
 
-def _select(where, params, order="number DESC", extra=(), limit=200):
-    """Rows of ``case_state`` (without the folded state) matching ``where``."""
+def _select(where, params, order="number DESC", extra=()):
+    """Rows of ``case_state`` (without the folded state) matching ``where``; one more than
+    :data:`LIST_LIMIT` so the page can tell the list was cut."""
     columns = [*_ROW_COLUMNS, *(sql for _, sql in extra)]
     cursor = _db().execute_sql(
         f"SELECT {','.join(columns)} FROM case_state WHERE {where} ORDER BY {order} LIMIT ?",
-        [*params, limit])
+        [*params, LIST_LIMIT + 1])
     names = [*_ROW_COLUMNS, *(name for name, _ in extra)]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def _decorate(rows, calendar, today):
+def _queue(node, statuses, department=None):
+    return index.queue(_db(), node, statuses, department=department, limit=LIST_LIMIT + 1)
+
+
+def _with_ignored(numbers):
+    """The case numbers among ``numbers`` (a shown section, at most :data:`LIST_LIMIT`)
+    whose state holds events that did not take effect."""
+    numbers = list(numbers)
+    if not numbers:
+        return set()
+    cursor = _db().execute_sql(
+        f"SELECT number FROM case_state WHERE number IN ({','.join('?' * len(numbers))}) "
+        "AND json_array_length(state, '$.ignored') > 0", numbers)
+    return {row[0] for row in cursor.fetchall()}
+
+
+def _decorate(rows, calendar, today, ignored):
     for row in rows:
         row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
         row["days_left"] = _days_left(calendar, today, row.get("due"))
         row["card"] = _card(row["days_left"])
+        row["has_ignored"] = row["number"] in ignored
         if row.get("postcheck_due"):
             row["postcheck_left"] = _days_left(calendar, today, row["postcheck_due"])
     return rows
@@ -249,8 +282,8 @@ def _decorate(rows, calendar, today):
 def _clerk_sections(node):
     accepted_here = "json_extract(state, '$.accepted_at') = ?"
     return [
-        ("preapplied", "网上预申请，待到站核验", index.queue(_db(), node, (F.PREAPPLIED,))),
-        ("awaiting", "已一次性告知，待补齐材料", index.queue(_db(), node, (F.AWAITING,))),
+        ("preapplied", "网上预申请，待到站核验", _queue(node, (F.PREAPPLIED,))),
+        ("awaiting", "已一次性告知，待补齐材料", _queue(node, (F.AWAITING,))),
         ("ready", "已办结，待在本站领取",
          _select("status = ? AND delivery_station = ?", [F.READY, node], "decided_day, number")),
         ("supplementing", "本站受理、待申请人补正",
@@ -262,7 +295,7 @@ def _clerk_sections(node):
 
 
 def _approver_sections(node, staff):
-    rows = index.queue(_db(), node, (F.HANDLING,), department=staff.department or None)
+    rows = _queue(node, (F.HANDLING,), department=staff.department or None)
     title = "待审批办件" + (f"（{staff.department}）" if staff.department else "")
     return [("queue", title, rows)]
 
@@ -283,6 +316,14 @@ def _supervisor_sections(node):
     ]
 
 
+def _section(key, title, rows, calendar, today):
+    """One work-list section, cut at :data:`LIST_LIMIT` rows (``truncated`` says so)."""
+    shown = rows[:LIST_LIMIT]
+    ignored = _with_ignored(row["number"] for row in shown)
+    return {"id": key, "title": title, "rows": _decorate(shown, calendar, today, ignored),
+            "truncated": len(rows) > LIST_LIMIT}
+
+
 @bp.route("/")
 @staff_required()
 def worklist():
@@ -297,10 +338,11 @@ def worklist():
     if staff.has_role("supervisor"):
         sections += _supervisor_sections(node)
     calendar, today = _calendar(), _today()
-    shown = [{"id": key, "title": title, "rows": _decorate(rows, calendar, today)}
-             for key, title, rows in sections]
+    shown = [_section(key, title, rows, calendar, today) for key, title, rows in sections]
+    bookings = len(ap.bookings(_db(), today)) if staff.has_role("clerk") else None
     return render_template("cases/worklist.html", sections=shown, node=node, today=today,
-                           total=sum(len(s["rows"]) for s in shown))
+                           total=sum(len(s["rows"]) for s in shown), bookings=bookings,
+                           list_limit=LIST_LIMIT)
 
 
 # -- the window ------------------------------------------------------------------------------
@@ -324,34 +366,59 @@ def _decisions(item):
     return [(key, DECISION_NAMES[key]) for key in allowed]
 
 
+def _offers(earlier, existing, uploaded):
+    """The scans offered for one material: earlier cases' (newest first) and this form's
+    fresh uploads, each once, none already in the case."""
+    offers, seen = [], set(existing)
+    for entry in earlier:
+        if entry.get("sha") and entry["sha"] not in seen:
+            seen.add(entry["sha"])
+            offers.append({"sha": entry["sha"], "case": entry.get("case"),
+                           "day": entry.get("day"), "uploaded": False})
+    for sha in uploaded:
+        if sha not in seen:
+            seen.add(sha)
+            offers.append({"sha": sha, "case": None, "day": None, "uploaded": True})
+    return offers
+
+
 def _checklist_rows(desk, item, applicant_key, state=None, posted=False, kept=None):
     """The checklist as the form shows it: the desk's rows plus what is chosen so far.
 
     Values come from the submitted form (``posted``), else from the case being continued
-    (``state``), else defaults: a material with reusable scans is ticked as provided.
+    (``state``). Earlier cases' scans are offered with a preview link but never ticked:
+    the clerk looks at each before reusing it. This form's own uploads stay ticked.
     """
     kept = kept or {}
     rows = desk.checklist(item, applicant_key)
+    earlier = desk.reusable_scans(applicant_key)
     held = (state or {}).get("materials", {})
     for row in rows:
         i = row["index"]
         before = held.get(str(i), {})
         row["existing"] = list(before.get("scans") or ())
-        offered = [s for s in row["reuse"] if s not in row["existing"]]
-        offered += [s for s in kept.get(i, ()) if s not in offered]
+        offers = _offers(earlier.get(row["name"], ()), row["existing"], kept.get(i, ()))
+        chosen = set(kept.get(i, ()))
         if posted:
-            chosen = set(request.form.getlist(f"m{i}_reuse")) | set(kept.get(i, ()))
+            chosen |= set(request.form.getlist(f"m{i}_reuse"))
             row["status"] = request.form.get(f"m{i}_status") or ""
             row["problem"] = _text(f"m{i}_problem", 300)
         else:
-            chosen = set(offered)
             status = before.get("status")
             row["status"] = status if status in WINDOW_STATUSES else (
-                F.PROVIDED if offered or row["existing"] else "")
+                F.PROVIDED if row["existing"] else "")
             row["problem"] = before.get("problem") or ""
-        row["offered"] = [{"sha": s, "checked": s in chosen, "uploaded": s in kept.get(i, ())}
-                          for s in offered]
+        for offer in offers:
+            offer["checked"] = offer["sha"] in chosen
+        row["offered"] = offers
     return rows
+
+
+def _no_visit_allowed(state, item):
+    """True when a pre-applied case of an item needing no visit may be accepted without
+    the applicant at the window."""
+    return bool(state) and state["status"] == F.PREAPPLIED and \
+        item.get("max_on_site_visits") == 0
 
 
 def _window_page(error=None, status=200, **context):
@@ -366,7 +433,8 @@ def _stations_context(item, delivery_station):
 
 
 def _checklist_page(desk, item, applicant_number, *, state=None, number=None, profile=None,
-                    history=None, error=None, status=200, kept=None, proxy_kept=None):
+                    history=None, error=None, status=200, kept=None, proxy_kept=None,
+                    lookup=None):
     """The window's step (b): the checklist form of ``item`` for this applicant."""
     posted = request.method == "POST" and request.form.get("step") == "decide"
     key = desk.applicant_key(applicant_number)
@@ -383,6 +451,8 @@ def _checklist_page(desk, item, applicant_number, *, state=None, number=None, pr
         error, status, step="checklist", item=item, rows=rows, values=values,
         applicant_number=applicant_number, number=number, history=history,
         proxy_kept=proxy_kept or request.form.get("proxy_authorisation", ""),
+        no_visit_allowed=_no_visit_allowed(state, item),
+        no_visit=posted and bool(request.form.get("no_visit")), lookup=lookup,
         **_stations_context(item, delivery))
 
 
@@ -431,13 +501,23 @@ def _window_lookup():
         return _window_page(exc.message, 400, step="applicant", item=item,
                             tier_error=tier_error, applicant=applicant_number)
     key = desk.applicant_key(normalised)
+    # Ask the region first: it joins this station to the person's cases elsewhere, so their
+    # e-licences and scans replicate here (offline: a message, and what is held here).
+    answer = web.find_cases(key)
     history = index.cases_of_applicant(_db(), key)
     profile = desk.history_profile(key)
+    held = {row["number"] for row in history}
+    elsewhere = [c for c in answer.get("cases") or () if c.get("number") not in held]
     web.audit_view(current_staff(), "window_applicant", key,
-                   {"item": item["id"], "history": len(history)})
+                   {"item": item["id"], "history": len(history),
+                    "region": len(answer.get("cases") or ()),
+                    "complete": bool(answer.get("complete"))})
     for row in history:
         row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
-    return _checklist_page(desk, item, normalised, profile=profile, history=history)
+    lookup = {"message": None if answer.get("complete") else
+              (answer.get("message") or "查询结果可能不完整。"), "elsewhere": len(elsewhere)}
+    return _checklist_page(desk, item, normalised, profile=profile, history=history,
+                           lookup=lookup)
 
 
 def _window_continue(number):
@@ -449,8 +529,8 @@ def _window_continue(number):
                             f"办件 {number} 当前状态为“{state['status_label']}”，"
                             "请在办件页面办理。")
     item = desk.item(header["item"])
-    profile = desk.open_profile(header)
-    web.audit_view(current_staff(), "window_continue", number)
+    profile = desk.open_profile(state)
+    web.audit_view(current_staff(), "window_continue", number, _audit_detail(state))
     if not profile.get("number"):
         return message_page(409, "不能在窗口继续受理", "本站无法读取该办件的申请人信息。")
     return _checklist_page(desk, item, profile["number"], state=state, number=number,
@@ -481,6 +561,15 @@ def _posted_proxy(item, uploads):
     fields["authorisation"] = (uploads.get("proxy") or [None])[0] or \
         (_shas([request.form.get("proxy_authorisation", "")]) or [None])[0]
     return fields
+
+
+def _posted_visit(state, item):
+    """False when the clerk ticked "the applicant did not come" (allowed cases only)."""
+    if not request.form.get("no_visit"):
+        return True
+    if not _no_visit_allowed(state, item):
+        raise CaseError("只有无需到场事项的网上预申请办件，才能在申请人未到场时受理。")
+    return False
 
 
 def _window_decide():
@@ -523,7 +612,7 @@ def _window_decide():
             item["id"], applicant, _posted_materials(rows, uploads),
             request.form.get("decision", ""), web.actor(current_staff()),
             delivery_station=station, proxy=_posted_proxy(item, uploads), number=number,
-            commitment_note=_text("commitment_note", 500))
+            commitment_note=_text("commitment_note", 500), visit=_posted_visit(state, item))
     except CaseError as exc:
         return _checklist_page(desk, item, applicant_number, state=state,
                                number=request.form.get("number") or None, error=exc.message,
@@ -534,35 +623,48 @@ def _window_decide():
 
 # -- the case --------------------------------------------------------------------------------
 
-def _decide_blocked(state, staff):
-    """Why this approver may not approve now (None when they may)."""
+def _approve_blocked(state):
+    """Why the case cannot be approved yet, whoever decides (None when it can)."""
     if state["outstanding"]:
         names = "、".join(state["materials"][k]["name"] for k in state["outstanding"])
         return f"仍有容缺材料未补齐（{names}），不能审批通过。"
     pending = [d for d, o in state["parallel"].items() if o is None]
     if pending:
         return "并联部门意见未齐：" + "、".join(pending) + "。"
-    lead = state.get("lead_department")
-    if state["parallel"] and lead and staff.department and staff.department != lead:
-        return f"本事项由牵头部门（{lead}）作出决定。"
+    against = [d for d, o in state["parallel"].items() if o.get("opinion") != "agree"]
+    if against:
+        return "并联部门不同意：" + "、".join(against) + "，不能审批通过。"
     return None
 
 
-def _approver_actions(state, staff, found):
-    last = state["route_index"] == len(state["route"]) - 1
+def _at_stage(state, staff, node):
+    """True when the case waits for a decision-maker at this node and ``staff`` is one."""
+    return staff.has_role("approver") and state["status"] == F.HANDLING and \
+        state["stage"] == node
+
+
+def _is_last_stage(state):
+    return state["route_index"] == len(state["route"]) - 1
+
+
+def _approver_actions(desk, state, staff, found):
+    last = _is_last_stage(state)
     if not last:
         found.add("forward")
     department = staff.department
     if department and state["parallel"].get(department, False) is None:
         found.add("opinion")
+    # Who may decide here is the desk's rule (lead department, stage …); it enforces it too.
+    if desk.may_decide(state, web.actor(staff)) is not None:
+        return
     found.update({"request_supplement", "transfer"})
     if last:
         found.add("reject")
-        if _decide_blocked(state, staff) is None:
+        if _approve_blocked(state) is None:
             found.add("approve")
 
 
-def available_actions(state, staff, node):
+def available_actions(desk, state, staff, node):
     """The actions ``staff`` may take on the case now, at ``node`` (a set of names)."""
     status, found = state["status"], set()
     if staff.has_role("clerk"):
@@ -572,8 +674,8 @@ def available_actions(state, staff, node):
             found.add("deliver")
     if staff.has_role("clerk", "supervisor") and status in F.OPEN_STATUSES:
         found.add("change_delivery")
-    if staff.has_role("approver") and status == F.HANDLING and state["stage"] == node:
-        _approver_actions(state, staff, found)
+    if _at_stage(state, staff, node):
+        _approver_actions(desk, state, staff, found)
     if staff.has_role("supervisor") and any(c["stage"] != "replied"
                                             for c in state["complaints"]):
         found.add("complaint")
@@ -581,6 +683,15 @@ def available_actions(state, staff, node):
             state["postcheck"].get("result") is None:
         found.add("postcheck")
     return found
+
+
+def _decision_notes(desk, state, staff, node):
+    """``(decide_blocked, approve_blocked)``: why this approver may not decide here, and
+    why the case cannot be approved yet (each None when there is nothing to say)."""
+    if not _at_stage(state, staff, node):
+        return None, None
+    blocked = _approve_blocked(state) if _is_last_stage(state) else None
+    return desk.may_decide(state, web.actor(staff)), blocked
 
 
 def _supplement_targets(state):
@@ -596,9 +707,9 @@ def _materials_view(state):
             if int(k) >= 0]
 
 
-def _agent(desk, header):
+def _agent(desk, state):
     """The agent's decrypted name and number of a proxied case (None without proxy)."""
-    proxy = header.get("proxy")
+    proxy = state.get("proxy")
     if not isinstance(proxy, dict) or not proxy.get("agent"):
         return None
     try:
@@ -607,28 +718,36 @@ def _agent(desk, header):
         return {}
 
 
+def _ignored_view(state):
+    """The events of the case that did not take effect, as the page lists them."""
+    return [{"label": F.EVENT_LABELS.get(entry.get("kind"), entry.get("kind") or "未知操作"),
+             "node": entry.get("node"), "hlc": entry.get("hlc"),
+             "reason": entry.get("reason", "")}
+            for entry in state.get("ignored") or ()]
+
+
 def _case_page(number, error=None, status=200):
     desk = web.desk()
     header, _, state = _load(desk, number)
     staff = current_staff()
-    web.audit_view(staff, "view_case", number)
     node = _node()
-    actions = available_actions(state, staff, node)
+    actions = available_actions(desk, state, staff, node)
+    decide_blocked, approve_blocked = _decision_notes(desk, state, staff, node)
     due = _due(state, desk.calendar)
     days_left = _days_left(desk.calendar, _today(), due)
-    blocked = None
-    if staff.has_role("approver") and state["status"] == F.HANDLING and \
-            state["stage"] == node and state["route_index"] == len(state["route"]) - 1:
-        blocked = _decide_blocked(state, staff)
+    profile, agent = desk.open_profile(state), _agent(desk, state)
+    web.audit_view(staff, "view_case", number, _audit_detail(state))
     body = render_template(
         "cases/case.html", header=header, state=state, item_id=index.item_id_of(header["item"]),
-        profile=desk.open_profile(header),
-        agent=_agent(desk, header), actions=actions,
+        profile=profile, agent=agent, actions=actions,
         agent_scans=state.get("proxy_scans", []), error=error, node=node,
         done=DONE_MESSAGES.get(request.args.get("done", "")), due=due, days_left=days_left,
-        card=_card(days_left), materials=_materials_view(state), approve_blocked=blocked,
+        card=_card(days_left), materials=_materials_view(state),
+        decide_blocked=decide_blocked, approve_blocked=approve_blocked,
         supplement_targets=_supplement_targets(state) if "supplement" in actions else [],
         stations=_stations(node) if "change_delivery" in actions else [],
+        transfer_targets=desk.transfer_targets() if "transfer" in actions else [],
+        ignored=_ignored_view(state),
         open_complaints=[c for c in state["complaints"] if c["stage"] != "replied"])
     return current_app.response_class(body, status=status, mimetype="text/html")
 
@@ -647,14 +766,16 @@ def scan(number, sha):
     if not _SHA.fullmatch(sha):
         return message_page(404, "找不到扫描件", "扫描件编号无效。")
     desk = web.desk()
-    _load(desk, number)
+    _, _, state = _load(desk, number)
     try:
         data, mime = desk.scan(number, sha)
     except CaseError as exc:
         return message_page(404, "找不到扫描件", exc.message)
-    web.audit_view(current_staff(), "view_scan", number, {"sha256": sha})
+    web.audit_view(current_staff(), "view_scan", number, _audit_detail(state, sha256=sha))
     response = current_app.response_class(
         data, mimetype=mime if mime in SCAN_TYPES else "application/octet-stream")
+    # A scan is the applicant's file, not ours: never let a browser run or sniff it.
+    response.headers["Content-Security-Policy"] = "sandbox"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
     disposition = "inline" if mime in SCAN_TYPES else "attachment"
@@ -691,6 +812,13 @@ def _act_approve(desk, number, state, actor):
                         licence=licence if any(licence.values()) else None)
 
 
+def _act_transfer(desk, number, state, actor):
+    to = request.form.get("to", "")
+    if to not in {code for code, _ in desk.transfer_targets()}:
+        raise CaseError("请从列表中选择转办站点。")
+    return desk.transfer(number, actor, to, _text("reason"))
+
+
 def _act_complaint(desk, number, state, actor):
     stage = request.form.get("stage")
     if stage not in F.COMPLAINT_STAGES[1:]:
@@ -721,13 +849,23 @@ HANDLERS = {
     "request_supplement": _act_request_supplement,
     "approve": _act_approve,
     "reject": lambda desk, n, s, a: desk.reject(n, a, _text("reason")),
-    "transfer": lambda desk, n, s, a: desk.transfer(n, a, _text("to", 20), _text("reason")),
+    "transfer": _act_transfer,
     "deliver": _act_deliver,
     "change_delivery": _act_change_delivery,
     "complaint": _act_complaint,
     "postcheck": lambda desk, n, s, a: desk.check_commitment(
         n, a, request.form.get("truthful") == "yes", _text("text")),
 }
+
+
+def _refusal(desk, state, staff, action):
+    """Why ``action`` is not open to ``staff`` on this case now, in Chinese."""
+    if action in DECISION_ACTIONS:
+        decide_blocked, approve_blocked = _decision_notes(desk, state, staff, _node())
+        reason = decide_blocked or (approve_blocked if action == "approve" else None)
+        if reason:
+            return reason
+    return NOT_NOW
 
 
 @bp.route("/<number>/<action>", methods=["POST"])
@@ -741,9 +879,8 @@ def act(number, action):
         return message_page(403, "没有权限", "您的角色不能执行此操作。")
     desk = web.desk()
     _, _, state = _load(desk, number)
-    if action not in available_actions(state, staff, _node()):
-        reason = _decide_blocked(state, staff) if action == "approve" else None
-        return _case_page(number, error=reason or NOT_NOW, status=409)
+    if action not in available_actions(desk, state, staff, _node()):
+        return _case_page(number, error=_refusal(desk, state, staff, action), status=409)
     try:
         HANDLERS[action](desk, number, state, web.actor(staff))
     except blobmod.BlobRefused as exc:
@@ -760,6 +897,15 @@ def _accepted_by(state):
     return next((e["by"] for e in state["timeline"] if e["kind"] == "accepted"), {})
 
 
+def _progress_url(number):
+    """The public progress page of a case: on the public site (``PUBLIC_URL``) when one
+    is set, else on this node as the browser reached it."""
+    base = current_app.config.get("PUBLIC_URL")
+    if base:
+        return base.rstrip("/") + "/progress/" + number
+    return request.host_url + "progress/" + number
+
+
 @bp.route("/<number>/receipt")
 @staff_required(*CASE_ROLES)
 def receipt(number):
@@ -769,9 +915,9 @@ def receipt(number):
     if not state.get("accepted"):
         return message_page(409, "尚未受理", f"办件 {number} 尚未受理，没有受理回执。"
                             "如已出具一次性告知书，请打印告知书。")
-    profile = desk.open_profile(header)
-    web.audit_view(current_staff(), "print_receipt", number)
-    progress_url = request.host_url + "progress/" + number
+    profile = desk.open_profile(state)
+    web.audit_view(current_staff(), "print_receipt", number, _audit_detail(state))
+    progress_url = _progress_url(number)
     materials = _materials_view(state)
     due = _due(state, desk.calendar)
     return render_template(
@@ -798,8 +944,8 @@ def notice(number):
     event = notices[-1]
     missing = sorted((m for m in event.get("materials") or ()
                       if m.get("status") in F.OUTSTANDING), key=lambda m: m.get("index", 0))
-    profile = desk.open_profile(header)
-    web.audit_view(current_staff(), "print_notice", number)
+    profile = desk.open_profile(state)
+    web.audit_view(current_staff(), "print_notice", number, _audit_detail(state))
     return render_template(
         "cases/notice.html", header=header, state=state, missing=missing, event=event,
         deficiency_due=event.get("deficiency_due") if event.get("kind") == "accepted" else None,
