@@ -36,6 +36,9 @@ DEFAULTS = {
     # More county public keys (base64) that verify catalog releases: during a key rotation
     # the old and the new key both verify.
     "CATALOG_TRUSTED_KEYS": [],
+    # Where citizens reach the progress pages from home (printed as the receipt's QR code),
+    # e.g. the county's public site, which holds every case; None: this node's own address.
+    "PUBLIC_URL": None,
 }
 
 
@@ -67,6 +70,9 @@ def validate(config):
         raise ConfigurationError("DB_PATH is not set")
     if not config.get("SECRET_KEY"):
         raise ConfigurationError("SECRET_KEY is not set")
+    public = config.get("PUBLIC_URL")
+    if public is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", str(public)):
+        raise ConfigurationError(f"PUBLIC_URL must be an http(s) address, not {public!r}")
     for key in ("REVS_LIMIT", "MAX_DOCUMENT_SIZE"):
         value = config.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

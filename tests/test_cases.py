@@ -559,3 +559,14 @@ def test_replication_takes_at_most_two_scans_per_batch():
     assert [r["id"] for r in kept] == ["event:a", "scan:x:1", "event:b", "scan:x:2"]
     assert last_seq == 4 and cut is True
     assert limit_heavy(rows[:3], 3) == (rows[:3], 3, False)
+
+
+def test_public_url_must_be_a_web_address():
+    from shared import config as cfg
+    from shared.errors import ConfigurationError
+
+    settings = dict(cfg.DEFAULTS, TIER="county", NODE_CODE="441521", DB_PATH="x",
+                    SECRET_KEY="y")
+    cfg.validate(dict(settings, PUBLIC_URL="https://tongban.haifeng.gov.cn"))
+    with pytest.raises(ConfigurationError, match="PUBLIC_URL"):
+        cfg.validate(dict(settings, PUBLIC_URL="javascript:alert(1)"))
