@@ -570,3 +570,20 @@ def test_public_url_must_be_a_web_address():
     cfg.validate(dict(settings, PUBLIC_URL="https://tongban.haifeng.gov.cn"))
     with pytest.raises(ConfigurationError, match="PUBLIC_URL"):
         cfg.validate(dict(settings, PUBLIC_URL="javascript:alert(1)"))
+
+
+def test_an_event_refused_halfway_leaves_no_trace(kit):
+    from shared import casedocs
+    from shared.hlc import NodeClock
+
+    number = accept_pension_claim(kit, "notice", missing=True)
+    store = kit.store(VILLAGE_A)
+    before = kit.desk(VILLAGE_A).state(number)
+    # _accepted sets the mode, the route and the clock before it reads the materials.
+    bad = casedocs.case_event(number, "accepted", VILLAGE_A, NodeClock(store).now(),
+                              mode="normal", route=[TOWNSHIP], materials=[{"index": "x"}])
+    store.bulk_docs([bad])
+    after = kit.desk(VILLAGE_A).state(number)
+    assert after["status"] == F.AWAITING and after["accepted"] is None
+    assert after["route"] == before["route"] and after["mode"] is None
+    assert [i["event"] for i in after["ignored"]] == [bad["_id"]]

@@ -14,7 +14,6 @@ events' HLCs, never from the wall clock of the node folding: the fold has no "no
 Working-day arithmetic is :mod:`shared.workdays`' (see :func:`due_date`).
 """
 
-import copy
 import datetime
 
 from shared.casedocs import CHINA_TIME, events_in_order
@@ -116,10 +115,6 @@ def _blank(header):
     }
 
 
-#: Members only appended to after an event is applied (never by the transitions).
-_APPEND_ONLY = ("timeline", "ignored")
-
-
 class _Refused(Exception):
     """An event that does not fit the state it meets (kept in ``ignored``)."""
 
@@ -139,9 +134,10 @@ def fold(header, events):
         seen.add(event.get("_id"))
         kind = event.get("kind")
         apply = _APPLY.get(kind)
-        # A refused event must leave no trace: work on a copy, keep it only on success.
-        trial = {key: value if key in _APPEND_ONLY else copy.deepcopy(value)
-                 for key, value in state.items()}
+        # A refused event must leave no trace: try it on a copy, keep that on success.
+        # Transitions never change a member in place (they build new dicts and lists),
+        # so a shallow copy is enough and a fold stays linear in its events.
+        trial = dict(state)
         try:
             if header is None:
                 raise _Refused("案件信息尚未同步到本站")
@@ -237,17 +233,17 @@ def _set_materials(state, materials):
         if entry.get("status", MISSING) not in MATERIAL_LABELS:
             raise ValueError(f"unknown material status {entry.get('status')!r}")
         key = str(entry["index"])
-        held = state["materials"].setdefault(key, {"name": entry.get("name", ""),
-                                                   "status": MISSING, "scans": []})
+        held = dict(state["materials"].get(key) or {"name": entry.get("name", ""),
+                                                    "status": MISSING, "scans": []})
         held["status"] = entry.get("status", held["status"])
         if entry.get("name"):
             held["name"] = entry["name"]
         for field in ("problem", "needed", "why", "licence", "shared_from"):
             if field in entry:
                 held[field] = entry[field]
-        for sha in entry.get("scans") or ():
-            if sha not in held["scans"]:
-                held["scans"].append(sha)
+        held["scans"] = held["scans"] + [sha for sha in entry.get("scans") or ()
+                                         if sha not in held["scans"]]
+        state["materials"] = {**state["materials"], key: held}
     state["outstanding"] = sorted(
         (k for k, m in state["materials"].items() if m["status"] in OUTSTANDING), key=int)
 
@@ -305,13 +301,14 @@ def _accepted(state, event):
 def _attached(state, event):
     if isinstance(event.get("material"), int) and event["material"] < 0:
         # Not a material of the item: the proxy's authorisation document.
-        state.setdefault("proxy_scans", []).append(event.get("sha256"))
+        state["proxy_scans"] = state.get("proxy_scans", []) + [event.get("sha256")]
         return
     key = str(event.get("material"))
-    held = state["materials"].setdefault(key, {"name": event.get("material_name", ""),
-                                               "status": PROVIDED, "scans": []})
+    held = dict(state["materials"].get(key) or {"name": event.get("material_name", ""),
+                                                "status": PROVIDED, "scans": []})
     if event.get("sha256") and event["sha256"] not in held["scans"]:
-        held["scans"].append(event["sha256"])
+        held["scans"] = held["scans"] + [event["sha256"]]
+    state["materials"] = {**state["materials"], key: held}
 
 
 def _supplemented(state, event):
@@ -320,7 +317,8 @@ def _supplemented(state, event):
     _set_materials(state, event.get("materials"))
     state["visits"] += 1 if event.get("visit", True) else 0
     if state["status"] == SUPPLEMENTING:
-        state["stops"][-1][1] = hlc_day(event["hlc"]).isoformat()
+        state["stops"] = state["stops"][:-1] + [[state["stops"][-1][0],
+                                                 hlc_day(event["hlc"]).isoformat()]]
         state["status"] = HANDLING
         state["stage"] = state["supplement_request"]["node"]
         state["supplement_request"] = None
@@ -348,8 +346,9 @@ def _opinion(state, event):
     _require((event.get("by") or {}).get("department") == department,
              "只能以本人所在部门提出并联意见")
     _require(state["parallel"][department] is None, f"{department} 已提出意见")
-    state["parallel"][department] = {"opinion": event.get("opinion"), "text": event.get("text", ""),
-                                     "by": _by(event), "hlc": event.get("hlc")}
+    opinion = {"opinion": event.get("opinion"), "text": event.get("text", ""),
+               "by": _by(event), "hlc": event.get("hlc")}
+    state["parallel"] = {**state["parallel"], department: opinion}
 
 
 def _supplement_requested(state, event):
@@ -358,7 +357,7 @@ def _supplement_requested(state, event):
     state["status"] = SUPPLEMENTING
     state["supplement_request"] = {"node": event.get("node"), "reason": event.get("reason", ""),
                                    "hlc": event.get("hlc")}
-    state["stops"].append([hlc_day(event["hlc"]).isoformat(), None])
+    state["stops"] = state["stops"] + [[hlc_day(event["hlc"]).isoformat(), None]]
     _set_materials(state, event.get("materials"))
     state["stage"] = None
 
@@ -379,8 +378,8 @@ def _decided(state, event):
                          "result": event.get("result", "")}
     licence = event.get("licence")
     if kind == "approved" and isinstance(licence, dict):
-        state["licences"].append(licence)
-        state["decision"]["licence"] = licence
+        state["licences"] = state["licences"] + [licence]
+        state["decision"]["licence"] = licence  # a dict made just above
     state["decided_day"] = hlc_day(event["hlc"]).isoformat()
     state["status"] = READY
     state["stage"] = state["delivery_station"]
@@ -432,8 +431,9 @@ def _rated(state, event):
 
 def _complained(state, event):
     _require(state["status"] != SYNCING, "案件信息尚未同步")
-    state["complaints"].append({"id": event.get("_id"), "text": event.get("text", ""),
-                                "hlc": event.get("hlc"), "stage": "submitted", "steps": []})
+    complaint = {"id": event.get("_id"), "text": event.get("text", ""), "hlc": event.get("hlc"),
+                 "stage": "submitted", "steps": []}
+    state["complaints"] = state["complaints"] + [complaint]
 
 
 def _complaint_handled(state, event):
@@ -443,17 +443,17 @@ def _complaint_handled(state, event):
     _require(stage in COMPLAINT_STAGES[1:], f"未知的投诉处理阶段 {stage}")
     _require(COMPLAINT_STAGES.index(stage) > COMPLAINT_STAGES.index(target["stage"]),
              "该投诉已处于这一阶段或之后")
-    target["stage"] = stage
-    target["steps"].append({"stage": stage, "text": event.get("text", ""),
-                            "hlc": event.get("hlc"), "node": event.get("node"),
-                            "by": _by(event)})
+    step = {"stage": stage, "text": event.get("text", ""), "hlc": event.get("hlc"),
+            "node": event.get("node"), "by": _by(event)}
+    handled = dict(target, stage=stage, steps=target["steps"] + [step])
+    state["complaints"] = [handled if c is target else c for c in state["complaints"]]
 
 
 def _commitment_checked(state, event):
     _require(state["postcheck"] is not None, "该案件不是告知承诺受理")
     _require(state["postcheck"]["result"] is None, "核查结果已经登记")
-    state["postcheck"]["result"] = event.get("result")
-    state["postcheck"]["text"] = event.get("text", "")
+    state["postcheck"] = {**state["postcheck"], "result": event.get("result"),
+                          "text": event.get("text", "")}
 
 
 def _withdrawn(state, event):
