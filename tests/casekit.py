@@ -14,6 +14,7 @@ from shared.cases.blobs import BlobStore
 from shared.cases.scans import scan_key
 from shared.cases.desk import Actor, ApplicantInput, CaseDesk
 from shared.catalog import publish, sample
+from shared.hlc import ClockObserver, NodeClock
 from shared.workdays import WorkCalendar
 from tests.conftest import add_account, make_app, make_county
 
@@ -45,7 +46,9 @@ def parallel_item():
 class Kit:
     """The nodes, their desks and staff actors."""
 
-    def __init__(self, base):
+    def __init__(self, base, wall_clock=None):
+        """:param wall_clock: a callable giving the time (epoch seconds) every node's
+        clock reads: tests freeze it, and move it on, across real holiday periods."""
         self.region_key = os.urandom(32)
         self.apps = {}
         self.checkpoints = {}
@@ -73,10 +76,16 @@ class Kit:
                                    name=NAMES[code],
                                    public_key=identity.b64(identity.public_key_bytes(key)))
         self.calendar = WorkCalendar()
+        if wall_clock is not None:
+            for code in self.apps:  # received events must not pull a clock to real time
+                for projection in self.store(code).projections:
+                    if isinstance(projection, ClockObserver):
+                        projection.wall_clock = wall_clock
         self.desks = {code: CaseDesk(self.store(code), app.config, self.region_key,
                                      blobs=BlobStore(base / code / "blobs",
                                                      key=scan_key(self.region_key)),
-                                     calendar=self.calendar)
+                                     calendar=self.calendar,
+                                     clock=NodeClock(self.store(code), wall_clock))
                       for code, app in self.apps.items()}
         self.sync()
 

@@ -64,6 +64,8 @@ class Actor:
 
 
 CITIZEN = Actor(username="", citizen=True)
+#: The card sweep (督办), acting for the node.
+SWEEP = Actor(username="system", name="督办系统")
 
 
 @dataclass
@@ -437,9 +439,15 @@ class CaseDesk:
             if decision == "notice":
                 event = self._event(number, "notice", actor, materials=checked)
             else:
-                event = self._event(number, "accepted", actor, parties=parties, **self._accepted(
-                    item, decision, hlc, checked, route, delivery_station, commitment_note,
-                    proxy_member, visit, continued=bool(events), sealed=sealed))
+                fields = self._accepted(item, decision, hlc, checked, route, delivery_station,
+                                        commitment_note, proxy_member, visit,
+                                        continued=bool(events), sealed=sealed)
+                if kind == "person":
+                    # Birth date and sex (in the ID number anyway) for proactive service.
+                    person = idnumbers.check_resident_id(normalised)
+                    fields["applicant_facts"] = {"birth": person.birth_date.isoformat(),
+                                                 "sex": person.sex}
+                event = self._event(number, "accepted", actor, parties=parties, **fields)
             docs.append(event)
             self._check_and_write(docs, header, events)
         logger.info("case %s: %s at %s by %s", number, event["kind"], self.node, actor.username)
@@ -682,6 +690,32 @@ class CaseDesk:
             raise CaseError("答复投诉须填写答复内容。")
         return self.act(number, "complaint_handled", actor, complaint=complaint_id,
                         stage=stage, text=text.strip())
+
+    def extend(self, number, actor, days, reason):
+        """An approved extension of the time limit (延长审批), with its reason."""
+        if not reason.strip():
+            raise CaseError("延长审批期限须写明理由。")
+        return self.act(number, "extended", actor, days=days, reason=reason.strip())
+
+    def stop_clock(self, number, actor, reason):
+        """Stop the clock for a step the item excludes (听证, 现场勘查, 专家评审 …)."""
+        if not reason.strip():
+            raise CaseError("暂停计时须写明环节，如听证、现场勘查、专家评审。")
+        return self.act(number, "clock_stopped", actor, reason=reason.strip())
+
+    def resume_clock(self, number, actor):
+        """Resume the clock after a stop."""
+        return self.act(number, "clock_resumed", actor)
+
+    def issue_card(self, number, color, due, days_left):
+        """A yellow or red card from the sweep (a case event: it replicates)."""
+        return self.act(number, "card", SWEEP, color=color, due=due, days_left=days_left)
+
+    def follow_up(self, number, actor, card_id, note):
+        """A supervisor's follow-up note on a card (a red card needs one)."""
+        if not note.strip():
+            raise CaseError("请填写跟进情况。")
+        return self.act(number, "followed_up", actor, card=card_id, note=note.strip())
 
     def check_commitment(self, number, actor, truthful, text=""):
         """The post-check of a case accepted on written commitment."""

@@ -45,12 +45,16 @@ EVENT_LABELS = {
     "rejected": "不予批准", "transferred": "转办", "delivery_changed": "变更领取站点",
     "delivered": "结果送达", "rated": "评价", "complained": "投诉", "complaint_handled": "投诉处理",
     "commitment_checked": "告知承诺核查", "withdrawn": "撤回申请", "joined": "异地站点接入",
-    "assigned": "分办",
+    "assigned": "分办", "card": "督办亮牌", "followed_up": "督办跟进", "extended": "延长审批期限",
+    "clock_stopped": "暂停计时", "clock_resumed": "恢复计时",
 }
 #: Kinds written by staff: their node must take part in the case (or be above it).
 STAFF_KINDS = ("notice", "accepted", "supplemented", "forwarded", "opinion",
                "supplement_requested", "approved", "rejected", "transferred",
-               "delivery_changed", "delivered", "complaint_handled", "commitment_checked")
+               "delivery_changed", "delivered", "complaint_handled", "commitment_checked",
+               "card", "followed_up", "extended", "clock_stopped", "clock_resumed")
+#: Card colours: yellow before the due day, red once it has passed.
+CARD_LABELS = {"yellow": "黄牌（临近办理期限）", "red": "红牌（已超期）"}
 #: Acceptance modes.
 NORMAL, DEFICIENCY, COMMITMENT = "normal", "deficiency", "commitment"
 MODE_LABELS = {NORMAL: "受理", DEFICIENCY: "容缺受理", COMMITMENT: "告知承诺受理"}
@@ -112,11 +116,16 @@ def _blank(header):
         "applicant": header.get("applicant"),
         "participants": sorted(c for c in {header.get("origin"), header.get("handler"),
                                            *(header.get("route") or ())} if c),
+        "cards": [], "extensions": [], "paused": None, "applicant_facts": None,
     }
 
 
 class _Refused(Exception):
     """An event that does not fit the state it meets (kept in ``ignored``)."""
+
+
+class _Duplicate(Exception):
+    """An event that repeats one already applied (a second sweep's card): skipped."""
 
 
 def fold(header, events):
@@ -145,6 +154,8 @@ def fold(header, events):
                 _require_participant(trial, event)
             if apply is not None:
                 apply(trial, event)
+        except _Duplicate:
+            continue  # the same card from two sweeps (a node and the county): once
         except _Refused as refused:
             _ignore(state, event, str(refused))
             continue
@@ -290,7 +301,7 @@ def _accepted(state, event):
     state["deficiency_due"] = event.get("deficiency_due")
     if event.get("item") and event["item"] != state["item"]:
         state["materials"] = {}  # accepted under a newer version: its own checklist
-    for member in ("applicant", "proxy", "item", "item_version"):
+    for member in ("applicant", "proxy", "item", "item_version", "applicant_facts"):
         if event.get(member):
             state[member] = event[member]
     if mode == COMMITMENT:
@@ -354,6 +365,7 @@ def _opinion(state, event):
 def _supplement_requested(state, event):
     _in_queue_of_author(state, event, "要求补正")
     _require_decider(state, event)
+    _require(state["paused"] is None, "计时暂停期间不能要求补正，请先恢复计时")
     state["status"] = SUPPLEMENTING
     state["supplement_request"] = {"node": event.get("node"), "reason": event.get("reason", ""),
                                    "hlc": event.get("hlc")}
@@ -463,6 +475,60 @@ def _withdrawn(state, event):
     state["stage"] = None
 
 
+def _card(state, event):
+    _require(state["status"] in (HANDLING, SUPPLEMENTING), "办件不在办理中，不亮牌")
+    color = event.get("color")
+    _require(color in CARD_LABELS, f"未知的督办牌 {color}")
+    if any(c["color"] == color and c["due"] == event.get("due") for c in state["cards"]):
+        raise _Duplicate()
+    card = {"id": event.get("_id"), "color": color, "due": event.get("due"),
+            "days_left": event.get("days_left"), "hlc": event.get("hlc"),
+            "node": event.get("node"), "followed_up": None}
+    state["cards"] = state["cards"] + [card]
+
+
+def _followed_up(state, event):
+    target = next((c for c in state["cards"] if c["id"] == event.get("card")), None)
+    _require(target is not None, "找不到该督办牌")
+    _require(target["followed_up"] is None, "该督办牌已有跟进记录")
+    _require(isinstance(event.get("note"), str) and event["note"].strip(), "跟进须写明情况")
+    done = dict(target, followed_up={"note": event["note"], "by": _by(event),
+                                     "hlc": event.get("hlc")})
+    state["cards"] = [done if c is target else c for c in state["cards"]]
+
+
+def _extended(state, event):
+    _in_queue_of_author(state, event, "延长期限")
+    _require_decider(state, event)
+    days = event.get("days")
+    _require(isinstance(days, int) and not isinstance(days, bool) and 1 <= days <= 365,
+             "延长的工作日数须在 1 到 365 之间")
+    _require(isinstance(event.get("reason"), str) and event["reason"].strip(),
+             "延长审批期限须写明理由")
+    extension = {"days": days, "reason": event["reason"], "by": _by(event),
+                 "hlc": event.get("hlc")}
+    state["extensions"] = state["extensions"] + [extension]
+
+
+def _clock_stopped(state, event):
+    _in_queue_of_author(state, event, "暂停计时")
+    _require_decider(state, event)
+    _require(state["paused"] is None, "计时已经暂停")
+    _require(isinstance(event.get("reason"), str) and event["reason"].strip(),
+             "暂停计时须写明环节（如听证、现场勘查、专家评审）")
+    day = hlc_day(event["hlc"]).isoformat()
+    state["paused"] = {"reason": event["reason"], "since": day}
+    state["stops"] = state["stops"] + [[day, None]]
+
+
+def _clock_resumed(state, event):
+    _in_queue_of_author(state, event, "恢复计时")
+    _require(state["paused"] is not None, "计时没有暂停")
+    state["paused"] = None
+    state["stops"] = state["stops"][:-1] + [[state["stops"][-1][0],
+                                             hlc_day(event["hlc"]).isoformat()]]
+
+
 _APPLY = {
     "preapplied": _preapplied, "notice": _notice, "accepted": _accepted,
     "attached": _attached, "supplemented": _supplemented, "forwarded": _forwarded,
@@ -471,6 +537,8 @@ _APPLY = {
     "delivery_changed": _delivery_changed, "delivered": _delivered, "rated": _rated,
     "complained": _complained, "complaint_handled": _complaint_handled,
     "commitment_checked": _commitment_checked, "withdrawn": _withdrawn,
+    "card": _card, "followed_up": _followed_up, "extended": _extended,
+    "clock_stopped": _clock_stopped, "clock_resumed": _clock_resumed,
 }
 
 
@@ -486,14 +554,15 @@ def due_date(state, calendar):
     """The due date of an accepted case under ``calendar`` (a ``workdays.WorkCalendar``).
 
     None before acceptance, while the clock is stopped, or when the item has no time limit
-    recorded. Calendar limits (``自然日``) count calendar days; stops extend both kinds.
+    recorded. Calendar limits (``自然日``) count calendar days; stops (supplements,
+    hearings, inspections, expert review) and approved extensions (延长审批) extend both.
     """
     limit = state.get("limit")
     if not state.get("accepted_day") or not limit:
         return None
     start = datetime.date.fromisoformat(state["accepted_day"])
     stops = stops_as_dates(state)
-    days = int(limit.get("days", 0))
+    days = int(limit.get("days", 0)) + sum(e["days"] for e in state.get("extensions") or ())
     if limit.get("unit") == "自然日":
         if any(resume is None for _, resume in stops):
             return None
