@@ -14,7 +14,7 @@ import re
 import pytest
 
 from shared.casedocs import CHINA_TIME
-from shared.cases import appointments
+from shared.cases import appointments, supervision
 from shared.cases import fold as F
 from shared.cases.index import state_of
 from shared.catalog.qr import qr_svg
@@ -37,7 +37,13 @@ PENSION = "GD-LS-02"
 @pytest.fixture
 def kit(tmp_path):
     """The region, every node serving the case pages with the kit's desk, and staff."""
-    kit = casekit.Kit(tmp_path)
+    kit = serve(casekit.Kit(tmp_path))
+    yield kit
+    kit.close()
+
+
+def serve(kit):
+    """Every node of ``kit`` serves the case pages with the kit's desk; staff accounts."""
     for code, app in kit.apps.items():
         app.extensions["case_desk"] = kit.desk(code)
         if "cases" not in app.blueprints:
@@ -50,8 +56,7 @@ def kit(tmp_path):
                 full_name="李审批", office_phone="0660-3300002")
     add_account(kit.apps[TOWNSHIP], "super-t", PASSWORD, roles=("supervisor",),
                 full_name="赵督查", office_phone="0660-3300009")
-    yield kit
-    kit.close()
+    return kit
 
 
 def login(kit, code, username):
@@ -699,3 +704,227 @@ def test_the_no_visit_option_is_refused_for_a_walk_in_application(kit):
                       files={2: (PDF, "登记表.pdf")}, no_visit="1")
     assert response.status_code == 400 and "未到场" in text(response)
     assert case_count(kit, VILLAGE_A) == 0
+
+
+# -- cards (督办), extensions and clock stops ----------------------------------------------------
+
+D = datetime.date
+#: 就业困难人员认定: promised 5 working days; reviewed at the township, decided by the county.
+HARD_TO_EMPLOY = "GD-LS-17"
+
+
+class FrozenClock:
+    """The time every node's case clock reads; ``at(day)`` moves it to 10:00 China time."""
+
+    def __init__(self, day):
+        self.at(day)
+
+    def at(self, day, hour=10):
+        self.now = datetime.datetime(day.year, day.month, day.day, hour,
+                                     tzinfo=CHINA_TIME).timestamp()
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def frozen():
+    return FrozenClock(D(2026, 2, 13))
+
+
+@pytest.fixture
+def fkit(tmp_path, frozen):
+    """The region with a frozen case clock (real holidays), serving the pages."""
+    kit = serve(casekit.Kit(tmp_path, wall_clock=frozen))
+    add_account(kit.apps[COUNTY], "super-c", PASSWORD, roles=("supervisor",),
+                full_name="钱督查", office_phone="0660-3300010")
+    yield kit
+    kit.close()
+
+
+def accept_at(kit, frozen, day, item=HARD_TO_EMPLOY):
+    """Accept ``item`` at village A on ``day`` (the desk, as the window would); synced."""
+    frozen.at(day)
+    desk = kit.desk(VILLAGE_A)
+    number = desk.receive(item, casekit.applicant(), casekit.full_materials(desk, item),
+                          "accept", casekit.clerk())
+    kit.sync()
+    return number
+
+
+def sweep_at(kit, frozen, day, code=TOWNSHIP):
+    frozen.at(day)
+    issued = supervision.sweep(kit.desk(code), day)
+    kit.sync()
+    return issued
+
+
+def block(html, element_id):
+    """The element with ``id`` up to its closing tag (a section, table, form or cell)."""
+    start = html.index(f'id="{element_id}"')
+    tag = html[html.rindex("<", 0, start) + 1:start].split()[0]
+    return html[start:html.index(f"</{tag}>", start)]
+
+
+def numbers_in(html, table_id):
+    return re.findall(r'data-number="([^"]+)"', block(html, table_id))
+
+
+def shown_due(client, number):
+    """The due date the case page shows (None when it shows none)."""
+    found = re.search(r'id="due-date">([0-9-]+)<', text(client.get(f"/cases/{number}")))
+    return found.group(1) if found else None
+
+
+def test_a_red_card_shows_on_the_case_and_in_the_supervisors_list(fkit, frozen):
+    number = accept_at(fkit, frozen, D(2026, 2, 13))  # due 27 Feb (after Spring Festival)
+    assert sweep_at(fkit, frozen, D(2026, 2, 25)) == [(number, "yellow")]
+    supervisor = login(fkit, TOWNSHIP, "super-t")
+    assert 'id="table-red_cards"' not in text(supervisor.get("/cases/"))  # yellow only
+    assert sweep_at(fkit, frozen, D(2026, 2, 28)) == [(number, "red")]
+    page = text(supervisor.get(f"/cases/{number}"))
+    cards = block(page, "cards")
+    rows = re.findall(r'class="card-row" data-card="(\w+)"', cards)
+    assert rows == ["yellow", "red"]
+    assert cards.count("2026-02-27") == 2 and "海城镇" in cards
+    assert "逾期 1 个工作日" in cards and "待督查人员跟进" in cards
+    assert 'id="due-date">2026-02-27<' in page
+    assert 'data-card="red"' in block(page, "current-card")
+    assert 'id="action-follow_up-1"' in page
+    # The supervisor's list, here and at the county; the approver's queue shows the badge.
+    board = text(supervisor.get("/cases/"))
+    assert numbers_in(board, "table-red_cards") == [number]
+    assert f'href="/cases/{number}#supervision"' in board
+    assert supervisor.get("/cases/").headers["Cache-Control"] == "no-store"
+    county = login(fkit, COUNTY, "super-c")
+    assert numbers_in(text(county.get("/cases/")), "table-red_cards") == [number]
+    approver = login(fkit, TOWNSHIP, "approver-t")
+    queue = text(approver.get("/cases/"))
+    row = queue[queue.index(f'data-number="{number}"'):]
+    assert 'class="card-red card-badge"' in row[:row.index("</tr>")]
+    assert 'id="action-follow_up-1"' not in text(approver.get(f"/cases/{number}"))
+
+
+def test_only_a_supervisor_follows_a_red_card_up_and_it_leaves_the_list(fkit, frozen):
+    number = accept_at(fkit, frozen, D(2026, 2, 13))
+    sweep_at(fkit, frozen, D(2026, 2, 28))
+    red = next(c for c in state_of(fkit.store(TOWNSHIP).db, number)["cards"]
+               if c["color"] == "red")
+    clerk = login(fkit, VILLAGE_A, "clerk-a")
+    refused = clerk.post(f"/cases/{number}/follow_up", data={
+        "card": red["id"], "note": "已督促", "csrf_token": csrf(clerk)})
+    assert refused.status_code == 403
+    supervisor = login(fkit, TOWNSHIP, "super-t")
+    empty = supervisor.post(f"/cases/{number}/follow_up", data={
+        "card": red["id"], "note": "  ", "csrf_token": csrf(supervisor)})
+    assert empty.status_code == 409 and "请填写跟进情况" in text(empty)
+    assert [n for n, _ in supervision.red_cards_waiting(fkit.store(TOWNSHIP).db)] == [number]
+    done = supervisor.post(f"/cases/{number}/follow_up", data={
+        "card": red["id"], "note": "已电话督促审核人员今日办结", "csrf_token": csrf(supervisor)})
+    assert done.status_code == 302
+    assert "已登记督办跟进情况" in text(supervisor.get(done.location))
+    board = text(supervisor.get("/cases/"))
+    assert 'id="table-red_cards"' not in board and 'id="section-red_cards"' in board
+    page = text(supervisor.get(f"/cases/{number}"))
+    assert "已电话督促审核人员今日办结" in block(page, "cards") and "赵督查" in block(page, "cards")
+    assert 'id="action-follow_up-1"' not in page
+    again = supervisor.post(f"/cases/{number}/follow_up", data={
+        "card": red["id"], "note": "再次督促", "csrf_token": csrf(supervisor)})
+    assert again.status_code == 409
+    fkit.sync()
+    assert supervision.red_cards_waiting(fkit.store(COUNTY).db) == []
+
+
+def test_the_approver_queue_puts_red_then_yellow_then_the_earliest_due(fkit, frozen):
+    plain = accept_at(fkit, frozen, D(2026, 2, 13))     # due 27 Feb, no card
+    yellow = accept_at(fkit, frozen, D(2026, 2, 13))    # due 27 Feb, yellow
+    red = accept_at(fkit, frozen, D(2026, 2, 13))       # due 27 Feb, red
+    late_red = accept_at(fkit, frozen, D(2026, 2, 24))  # due later, red
+    township = fkit.desk(TOWNSHIP)
+    for number, color in ((yellow, "yellow"), (late_red, "red"), (red, "red")):
+        due = F.due_date(township.state(number), fkit.calendar).isoformat()
+        township.issue_card(number, color, due, -1 if color == "red" else 1)
+    approver = login(fkit, TOWNSHIP, "approver-t")
+    queue = text(approver.get("/cases/"))
+    assert numbers_in(queue, "table-queue") == [red, late_red, yellow, plain]
+    badges = re.findall(r'data-number="([^"]+)".*?<td class="card">(.*?)</td>', queue, re.S)
+    assert [("红牌" in b, "黄牌" in b) for _, b in badges] == [
+        (True, False), (True, False), (False, True), (False, False)]
+
+
+def test_an_extension_through_the_page_moves_the_due_date_and_drops_the_card(fkit, frozen):
+    number = accept_at(fkit, frozen, D(2026, 9, 28))  # before National Day
+    approver = login(fkit, TOWNSHIP, "approver-t")
+    assert shown_due(approver, number) == "2026-10-10"  # 29, 30 Sep; 8, 9, 10 Oct
+    frozen.at(D(2026, 10, 8))
+    fkit.desk(TOWNSHIP).issue_card(number, "yellow", "2026-10-10", 2)
+    row = text(approver.get("/cases/"))
+    row = row[row.index(f'data-number="{number}"'):]
+    assert "黄牌" in row[:row.index("</tr>")]
+    for days, reason, message in (("0", "需实地核查", "1 到 365"), ("", "需实地核查", "1 到 365"),
+                                  ("3", " ", "延长审批期限须写明理由")):
+        refused = approver.post(f"/cases/{number}/extend", data={
+            "days": days, "reason": reason, "csrf_token": csrf(approver)})
+        assert refused.status_code == 409 and message in text(refused)
+    assert state_of(fkit.store(TOWNSHIP).db, number)["extensions"] == []
+    assert shown_due(approver, number) == "2026-10-10"
+    done = approver.post(f"/cases/{number}/extend", data={
+        "days": "3", "reason": "需实地核查就业困难情况", "csrf_token": csrf(approver)})
+    assert done.status_code == 302
+    page = text(approver.get(f"/cases/{number}"))
+    assert 'id="due-date">2026-10-14<' in page  # 12, 13, 14 Oct
+    extension = block(page, "extensions")
+    assert "延长 3 个工作日" in extension and "需实地核查就业困难情况" in extension
+    assert "李审批" in extension
+    assert 'id="current-card"' not in page  # the yellow card was for 10 Oct
+    assert 'data-card="yellow"' in block(page, "cards")
+    row = text(approver.get("/cases/"))
+    row = row[row.index(f'data-number="{number}"'):]
+    assert "黄牌" not in row[:row.index("</tr>")]
+    # A clerk sees the due date but cannot extend.
+    clerk = login(fkit, VILLAGE_A, "clerk-a")
+    fkit.sync()
+    assert 'id="action-extend"' not in text(clerk.get(f"/cases/{number}"))
+    assert clerk.post(f"/cases/{number}/extend", data={
+        "days": "5", "reason": "x", "csrf_token": csrf(clerk)}).status_code == 403
+
+
+def test_a_clock_stop_through_the_page_pauses_and_resumes_the_due_date(fkit, frozen):
+    number = accept_at(fkit, frozen, D(2026, 9, 28), item=LOW_INCOME)  # decided here
+    approver = login(fkit, TOWNSHIP, "approver-t")
+    before = shown_due(approver, number)
+    assert before == "2026-10-21"  # 13 working days across National Day
+    form = block(text(approver.get(f"/cases/{number}")), "action-stop_clock")
+    options = re.findall(r'<option value="([^"]*)">', form)
+    assert options == ["", "受理前家庭经济状况信息核对（2个工作日）", "公示期7日", "其他"]
+    frozen.at(D(2026, 9, 29))
+    for data, message in (({"reason": "其他", "other": " "}, "暂停计时须写明环节"),
+                          ({"reason": ""}, "暂停计时须写明环节"),
+                          ({"reason": "打麻将"}, "请从列表中选择暂停计时的环节")):
+        refused = approver.post(f"/cases/{number}/stop_clock",
+                                data={**data, "csrf_token": csrf(approver)})
+        assert refused.status_code == 409 and message in text(refused)
+    assert state_of(fkit.store(TOWNSHIP).db, number)["paused"] is None
+    assert shown_due(approver, number) == before
+    stopped = approver.post(f"/cases/{number}/stop_clock", data={
+        "reason": "其他", "other": "专家评审", "csrf_token": csrf(approver)})
+    assert stopped.status_code == 302
+    page = text(approver.get(f"/cases/{number}"))
+    assert 'id="paused">计时已暂停（专家评审，自 2026-09-29）<' in page
+    assert 'id="due-date"' not in page
+    assert 'id="action-resume_clock"' in page and 'id="action-stop_clock"' not in page
+    assert 'id="action-request_supplement"' not in page  # resume first
+    queue = text(approver.get("/cases/"))
+    row = queue[queue.index(f'data-number="{number}"'):]
+    assert "计时已暂停（专家评审）" in row[:row.index("</tr>")]
+    frozen.at(D(2026, 10, 12))
+    resumed = approver.post(f"/cases/{number}/resume_clock",
+                            data={"csrf_token": csrf(approver)})
+    assert resumed.status_code == 302
+    # Stopped (29 Sep, 12 Oct]: 29 Sep counts, then 12 more from 13 Oct.
+    assert shown_due(approver, number) == "2026-10-28"
+    assert state_of(fkit.store(TOWNSHIP).db, number)["paused"] is None
+    listed = approver.post(f"/cases/{number}/stop_clock", data={
+        "reason": "公示期7日", "csrf_token": csrf(approver)})
+    assert listed.status_code == 302
+    assert "计时已暂停（公示期7日，自 2026-10-12）" in text(approver.get(f"/cases/{number}"))

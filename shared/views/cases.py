@@ -12,8 +12,8 @@ import datetime
 import logging
 import re
 
-from flask import (Blueprint, abort, current_app, redirect, render_template, request,
-                   url_for)
+from flask import (Blueprint, abort, current_app, make_response, redirect, render_template,
+                   request, url_for)
 from markupsafe import Markup
 
 from shared import registry
@@ -21,7 +21,7 @@ from shared.casedocs import CHINA_TIME, events_in_order
 from shared.cases import appointments as ap
 from shared.cases import blobs as blobmod
 from shared.cases import fold as F
-from shared.cases import index, personal, web
+from shared.cases import index, personal, supervision, web
 from shared.cases.desk import TIER_OF_LENGTH, ApplicantInput, CaseError
 from shared.catalog import active, schema
 from shared.catalog.qr import qr_svg
@@ -46,15 +46,21 @@ ACTIONS = {
     "change_delivery": ("clerk", "supervisor"),
     "complaint": ("supervisor",),
     "postcheck": ("supervisor", "approver"),
+    "follow_up": ("supervisor",),
+    "extend": ("approver",),
+    "stop_clock": ("approver",),
+    "resume_clock": ("approver",),
 }
 #: The actions :meth:`CaseDesk.may_decide` rules on.
-DECISION_ACTIONS = ("approve", "reject", "request_supplement", "transfer")
+DECISION_ACTIONS = ("approve", "reject", "request_supplement", "transfer", "extend",
+                    "stop_clock", "resume_clock")
 DONE_MESSAGES = {
     "supplement": "已登记补充的材料。", "forward": "已报送上级审批。", "opinion": "已提交并联意见。",
     "request_supplement": "已要求申请人补正材料，计时暂停。", "approve": "已审批通过。",
     "reject": "已作出不予批准决定。", "transfer": "已转办。", "deliver": "结果已送达申请人。",
     "change_delivery": "已变更领取站点。", "complaint": "已登记投诉处理。",
-    "postcheck": "已登记告知承诺核查结果。",
+    "postcheck": "已登记告知承诺核查结果。", "follow_up": "已登记督办跟进情况。",
+    "extend": "已延长审批期限。", "stop_clock": "已暂停计时。", "resume_clock": "已恢复计时。",
 }
 DECISION_NAMES = {"accept": "受理", "notice": "出具一次性告知书", "deficiency": "容缺受理",
                   "commitment": "告知承诺受理"}
@@ -62,8 +68,8 @@ NOT_NOW = "该办件当前的状态或您的角色不允许此操作，请刷新
 MAX_QUERY = 100
 #: Rows a work-list section shows (the page says when there are more).
 LIST_LIMIT = 200
-#: Working days left at which a case gets a yellow card.
-YELLOW_DAYS = 1
+#: The clock-stop choice that takes a typed reason instead of one of the item's.
+OTHER_STOP = "其他"
 #: Statuses a clerk can choose for a material at the window.
 WINDOW_STATUSES = (F.PROVIDED, F.MISSING, F.DEFECTIVE, F.COMMITTED)
 RECEIVED = (F.PROVIDED, F.SHARED, F.ELICENCE, F.COMMITTED)
@@ -134,13 +140,13 @@ def _calendar():
         return work_calendar(current_app.config)
 
 
-def _card(days_left):
-    """``red`` when overdue, ``yellow`` when due very soon, else None."""
-    if days_left is None:
+def _carried_card(state, due):
+    """The card the case carries now: the most severe one issued for its current due day
+    (a card for an earlier due day, before an extension, no longer counts)."""
+    if due is None:
         return None
-    if days_left < 0:
-        return "red"
-    return "yellow" if days_left <= YELLOW_DAYS else None
+    colors = {c.get("color") for c in state.get("cards") or () if c.get("due") == due.isoformat()}
+    return "red" if "red" in colors else "yellow" if "yellow" in colors else None
 
 
 @bp.context_processor
@@ -239,12 +245,24 @@ def _int_or_none(text):
 # -- the work list ---------------------------------------------------------------------------
 
 _ROW_COLUMNS = index.COLUMNS[:-1]
+#: The card a row carries now, in SQL (see :func:`_carried_card`): red or yellow issued for
+#: the row's current due day, else NULL. Read from ``case_state`` on every load, so a card
+#: a sweep (or replication) just wrote shows at once.
+CARD_SQL = ("(SELECT CASE WHEN SUM(json_extract(c.value, '$.color') = 'red') THEN 'red' "
+            "WHEN SUM(json_extract(c.value, '$.color') = 'yellow') THEN 'yellow' END "
+            "FROM json_each(case_state.state, '$.cards') AS c "
+            "WHERE json_extract(c.value, '$.due') = case_state.due)")
+#: The approver's queue: red cards first, then yellow, then the earliest due.
+CARD_FIRST = ("CASE card WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, "
+              "due IS NULL, due, accepted_day, number")
 
 
 def _select(where, params, order="number DESC", extra=()):
-    """Rows of ``case_state`` (without the folded state) matching ``where``; one more than
+    """Rows of ``case_state`` (without the folded state) matching ``where``, with the
+    ``card`` each carries and why its clock is ``paused``; one more than
     :data:`LIST_LIMIT` so the page can tell the list was cut."""
-    columns = [*_ROW_COLUMNS, *(sql for _, sql in extra)]
+    extra = (("card", CARD_SQL), ("paused", "json_extract(state, '$.paused.reason')"), *extra)
+    columns = [*_ROW_COLUMNS, *(f"{sql} AS {name}" for name, sql in extra)]
     cursor = _db().execute_sql(
         f"SELECT {','.join(columns)} FROM case_state WHERE {where} ORDER BY {order} LIMIT ?",
         [*params, LIST_LIMIT + 1])
@@ -252,8 +270,16 @@ def _select(where, params, order="number DESC", extra=()):
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def _queue(node, statuses, department=None):
-    return index.queue(_db(), node, statuses, department=department, limit=LIST_LIMIT + 1)
+def _queue(node, statuses, department=None, order="due IS NULL, due, accepted_day, number"):
+    """The cases waiting at ``node`` (``index.queue``'s filter, with the cards)."""
+    marks = ",".join("?" * len(statuses))
+    where, params = f"stage = ? AND status IN ({marks})", [node, *statuses]
+    if department:
+        # Its own department's cases, and parallel cases it leads or still owes an opinion.
+        where += (" AND (department = ? OR json_extract(state, '$.lead_department') = ? "
+                  "OR json_type(state, '$.parallel.\"' || ? || '\"') = 'null')")
+        params += [department, department, department]
+    return _select(where, params, order)
 
 
 def _with_ignored(numbers):
@@ -272,7 +298,6 @@ def _decorate(rows, calendar, today, ignored):
     for row in rows:
         row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
         row["days_left"] = _days_left(calendar, today, row.get("due"))
-        row["card"] = _card(row["days_left"])
         row["has_ignored"] = row["number"] in ignored
         if row.get("postcheck_due"):
             row["postcheck_left"] = _days_left(calendar, today, row["postcheck_due"])
@@ -295,7 +320,8 @@ def _clerk_sections(node):
 
 
 def _approver_sections(node, staff):
-    rows = _queue(node, (F.HANDLING,), department=staff.department or None)
+    rows = _queue(node, (F.HANDLING,), department=staff.department or None,
+                  order=CARD_FIRST)
     title = "待审批办件" + (f"（{staff.department}）" if staff.department else "")
     return [("queue", title, rows)]
 
@@ -316,12 +342,38 @@ def _supervisor_sections(node):
     ]
 
 
-def _section(key, title, rows, calendar, today):
-    """One work-list section, cut at :data:`LIST_LIMIT` rows (``truncated`` says so)."""
-    shown = rows[:LIST_LIMIT]
-    ignored = _with_ignored(row["number"] for row in shown)
-    return {"id": key, "title": title, "rows": _decorate(shown, calendar, today, ignored),
-            "truncated": len(rows) > LIST_LIMIT}
+def _red_card_section(node):
+    """Red cards waiting for a supervisor's follow-up: all at the county, else the cases
+    this node handles, accepted or holds (``supervision.red_cards_waiting``)."""
+    county = TIER_OF_LENGTH.get(len(node)) == "county"
+    found = supervision.red_cards_waiting(_db(), node=None if county else node)
+    shown = found[:LIST_LIMIT]
+    numbers = sorted({number for number, _ in shown})
+    cases = {}
+    if numbers:
+        cursor = _db().execute_sql(
+            "SELECT number, item_name, status, stage FROM case_state "
+            f"WHERE number IN ({','.join('?' * len(numbers))})", numbers)
+        cases = {row[0]: row[1:] for row in cursor.fetchall()}
+    rows = []
+    for number, card in shown:
+        item_name, status, stage = cases.get(number, ("", "", None))
+        rows.append({"number": number, "item_name": item_name, "stage": stage,
+                     "status_label": F.STATUS_LABELS.get(status, status), "card": card})
+    return {"id": "red_cards", "title": "红牌待跟进", "rows": rows,
+            "truncated": len(found) > LIST_LIMIT}
+
+
+def _sections(sections, calendar, today):
+    """Work-list sections, each cut at :data:`LIST_LIMIT` rows (``truncated`` says so)."""
+    shown = []
+    for key, title, rows in sections:
+        kept = rows[:LIST_LIMIT]
+        ignored = _with_ignored(row["number"] for row in kept)
+        shown.append({"id": key, "title": title,
+                      "rows": _decorate(kept, calendar, today, ignored),
+                      "truncated": len(rows) > LIST_LIMIT})
+    return shown
 
 
 @bp.route("/")
@@ -330,19 +382,22 @@ def worklist():
     """The station's work list for the logged-in member, by role, with counts."""
     staff = current_staff()
     node = _node()
-    sections = []
-    if staff.has_role("clerk"):
-        sections += _clerk_sections(node)
-    if staff.has_role("approver"):
-        sections += _approver_sections(node, staff)
-    if staff.has_role("supervisor"):
-        sections += _supervisor_sections(node)
     calendar, today = _calendar(), _today()
-    shown = [_section(key, title, rows, calendar, today) for key, title, rows in sections]
+    shown = []
+    if staff.has_role("clerk"):
+        shown += _sections(_clerk_sections(node), calendar, today)
+    if staff.has_role("approver"):
+        shown += _sections(_approver_sections(node, staff), calendar, today)
+    if staff.has_role("supervisor"):
+        shown.append(_red_card_section(node))
+        shown += _sections(_supervisor_sections(node), calendar, today)
     bookings = len(ap.bookings(_db(), today)) if staff.has_role("clerk") else None
-    return render_template("cases/worklist.html", sections=shown, node=node, today=today,
-                           total=sum(len(s["rows"]) for s in shown), bookings=bookings,
-                           list_limit=LIST_LIMIT)
+    response = make_response(render_template(
+        "cases/worklist.html", sections=shown, node=node, today=today,
+        total=sum(len(s["rows"]) for s in shown), bookings=bookings, list_limit=LIST_LIMIT))
+    # Cards must show the moment they are written: never a stale copy from a cache.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 # -- the window ------------------------------------------------------------------------------
@@ -657,7 +712,9 @@ def _approver_actions(desk, state, staff, found):
     # Who may decide here is the desk's rule (lead department, stage …); it enforces it too.
     if desk.may_decide(state, web.actor(staff)) is not None:
         return
-    found.update({"request_supplement", "transfer"})
+    found.update({"transfer", "extend"})
+    # While the clock is stopped the fold refuses a supplement request: resume first.
+    found.update({"resume_clock"} if state["paused"] else {"request_supplement", "stop_clock"})
     if last:
         found.add("reject")
         if _approve_blocked(state) is None:
@@ -682,7 +739,21 @@ def available_actions(desk, state, staff, node):
     if staff.has_role("supervisor", "approver") and state["postcheck"] and \
             state["postcheck"].get("result") is None:
         found.add("postcheck")
+    if staff.has_role("supervisor") and _waiting_red_cards(state):
+        found.add("follow_up")
     return found
+
+
+def _waiting_red_cards(state):
+    """The case's red cards that still wait for a supervisor's follow-up note."""
+    return [c for c in state.get("cards") or ()
+            if c.get("color") == "red" and c.get("followed_up") is None]
+
+
+def _clock_exclusions(desk, state):
+    """The steps the item's guide leaves out of the time limit (the clock-stop choices)."""
+    item = _item_or_none(desk, state["item"]) or {}
+    return [e for e in item.get("clock_exclusions") or () if e and e != OTHER_STOP]
 
 
 def _decision_notes(desk, state, staff, node):
@@ -742,13 +813,16 @@ def _case_page(number, error=None, status=200):
         profile=profile, agent=agent, actions=actions,
         agent_scans=state.get("proxy_scans", []), error=error, node=node,
         done=DONE_MESSAGES.get(request.args.get("done", "")), due=due, days_left=days_left,
-        card=_card(days_left), materials=_materials_view(state),
+        card=_carried_card(state, due), materials=_materials_view(state),
         decide_blocked=decide_blocked, approve_blocked=approve_blocked,
         supplement_targets=_supplement_targets(state) if "supplement" in actions else [],
         stations=_stations(node) if "change_delivery" in actions else [],
         transfer_targets=desk.transfer_targets() if "transfer" in actions else [],
         ignored=_ignored_view(state),
-        open_complaints=[c for c in state["complaints"] if c["stage"] != "replied"])
+        open_complaints=[c for c in state["complaints"] if c["stage"] != "replied"],
+        waiting_cards=_waiting_red_cards(state) if "follow_up" in actions else [],
+        clock_exclusions=_clock_exclusions(desk, state) if "stop_clock" in actions else [],
+        other_stop=OTHER_STOP)
     return current_app.response_class(body, status=status, mimetype="text/html")
 
 
@@ -841,6 +915,31 @@ def _act_change_delivery(desk, number, state, actor):
     return desk.change_delivery(number, actor, station)
 
 
+def _act_follow_up(desk, number, state, actor):
+    card = request.form.get("card", "")
+    if card not in {c["id"] for c in _waiting_red_cards(state)}:
+        raise CaseError("请选择待跟进的红牌。")
+    return desk.follow_up(number, actor, card, _text("note"))
+
+
+def _act_extend(desk, number, state, actor):
+    days = _int_or_none((request.form.get("days") or "").strip())
+    if days is None:
+        raise CaseError("延长的工作日数须在 1 到 365 之间。")
+    return desk.extend(number, actor, days, _text("reason", 500))
+
+
+def _act_stop_clock(desk, number, state, actor):
+    choice = (request.form.get("reason") or "").strip()
+    if choice == OTHER_STOP:
+        reason = _text("other", 120)
+    elif not choice or choice in _clock_exclusions(desk, state):
+        reason = choice  # none chosen: the desk says what to write
+    else:
+        raise CaseError("请从列表中选择暂停计时的环节，或选择“其他”并填写。")
+    return desk.stop_clock(number, actor, reason)
+
+
 HANDLERS = {
     "supplement": _act_supplement,
     "forward": lambda desk, n, s, a: desk.forward(n, a, _text("text", 500)),
@@ -855,6 +954,10 @@ HANDLERS = {
     "complaint": _act_complaint,
     "postcheck": lambda desk, n, s, a: desk.check_commitment(
         n, a, request.form.get("truthful") == "yes", _text("text")),
+    "follow_up": _act_follow_up,
+    "extend": _act_extend,
+    "stop_clock": _act_stop_clock,
+    "resume_clock": lambda desk, n, s, a: desk.resume_clock(n, a),
 }
 
 
