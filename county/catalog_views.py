@@ -30,7 +30,7 @@ bp = Blueprint("county_catalog", __name__, url_prefix="/admin/catalog",
                template_folder="templates")
 
 EDITOR, APPROVER = publish.EDITOR_ROLE, publish.APPROVER_ROLE
-KIND_NAMES = {"item": "事项", "agency": "中介机构"}
+KIND_NAMES = {"item": "事项", "agency": "中介机构", "calendar": "工作日历"}
 CHANGE_NAMES = {"added": "草稿新增", "changed": "已修改", "removed": "待删除"}
 PUBLISHED_NAME = "已发布"
 
@@ -50,7 +50,8 @@ def _when(timestamp):
 def _helpers():
     return {"when": _when, "kind_names": KIND_NAMES, "change_names": CHANGE_NAMES,
             "choice_name": choice_name, "table_hint": table_hint,
-            "EDITOR": EDITOR, "APPROVER": APPROVER}
+            "EDITOR": EDITOR, "APPROVER": APPROVER,
+            "calendar_pages": "county_calendar" in current_app.blueprints}
 
 
 def _published(db, kind, record_id):
@@ -116,6 +117,7 @@ def index():
     return render_template("county/catalog/index.html", listing=listing, query=query,
                            status=active.catalog_status(db), counts=counts,
                            pending=len(changes), proposal=publish.open_proposal(),
+                           calendar_pending=len(publish.calendar_diff(db)),
                            recent=list(recent))
 
 
@@ -261,6 +263,7 @@ def _render_diff(found=(), refused=None, note="", status=200):
             change["rows"] = changed_fields(change["kind"], change["before"], change["after"])
     return render_template("county/catalog/diff.html", changes=changes, found=list(found),
                            refused=refused, note=note,
+                           calendar_changes=publish.calendar_diff(_db()),
                            proposal=publish.open_proposal()), status
 
 

@@ -40,7 +40,7 @@ def open_store(config):
     store.add_projection(ClockObserver())
     store.add_projection(CaseParties())
     store.add_projection(CatalogActivation(store, trusted_keys(config)))
-    store.add_projection(CaseIndex(work_calendar(config)))
+    store.add_projection(CaseIndex(work_calendar(config, store.db)))
     dbmod.database.initialize(store.db)
     store.db.create_tables(MODELS, safe=True)
     migrate(store.db)
@@ -48,11 +48,13 @@ def open_store(config):
     return store
 
 
-def work_calendar(config):
-    """The node's working-day calendar (the county's overrides come with issue 6)."""
-    from shared.workdays import WorkCalendar
+def work_calendar(config, db=None):
+    """The node's working-day calendar: with its store's ``db``, the one in force there
+    (the county's overrides of the active catalog release, followed across activations);
+    without, the statutory calendar alone."""
+    from shared.workdays import WorkCalendar, calendar_from_db
 
-    return WorkCalendar()
+    return calendar_from_db(db) if db is not None else WorkCalendar()
 
 
 def create_app(config=None, node_dir=None):

@@ -16,6 +16,15 @@ Conventions (the same half-open interval everywhere, so counts add up):
 
 Days may be given as :class:`datetime.date`, :class:`datetime.datetime` (its date is used)
 or ISO ``YYYY-MM-DD`` strings; results are always :class:`datetime.date`.
+
+The county may also declare a year *complete* (``years``): it has published that year's
+whole arrangement in its overrides, so a day of that year it does not list follows the
+ordinary week (Monday to Friday working). Without that declaration a year the package does
+not cover has no ordinary days: each day must be listed.
+
+:func:`calendar_from_db` is the calendar in force at a node: the overrides of the signed
+catalog release active there (``catalog_calendar``), followed from one activation to the
+next without a restart.
 """
 
 import datetime
@@ -49,29 +58,59 @@ def as_date(day):
     raise TypeError(f"not a date: {day!r}")
 
 
+def package_years():
+    """``(first, last)``: the years the ``chinesecalendar`` package holds arrangements for."""
+    days = chinese_calendar.constants.holidays
+    return min(days).year, max(days).year
+
+
+def _workday(day, overrides, years):
+    """Whether ``day`` (a date) is a working day under ``overrides`` and complete ``years``."""
+    if day in overrides:
+        return overrides[day]
+    try:
+        return chinese_calendar.is_workday(day)
+    except NotImplementedError:
+        if day.year in years:
+            return day.weekday() < 5
+        raise CalendarGap(day) from None
+
+
 class WorkCalendar:
-    """Working days: the county's ``overrides`` first, then the statutory calendar.
+    """Working days: the county's ``overrides`` first, then the statutory calendar, then the
+    ordinary week in the years the county declared complete.
 
     :param overrides: ``{date: True (working day) | False (day off)}``.
+    :param years: years whose whole arrangement the overrides hold (see the module docstring).
     """
 
-    def __init__(self, overrides=None):
-        self.overrides = {as_date(day): bool(work) for day, work in (overrides or {}).items()}
+    def __init__(self, overrides=None, years=()):
+        self._rules = ({as_date(day): bool(work) for day, work in (overrides or {}).items()},
+                       frozenset(int(year) for year in years))
+
+    def rules(self):
+        """``(overrides, complete years)`` this calendar answers with now."""
+        return self._rules
+
+    @property
+    def overrides(self):
+        """``{date: bool}``: the county's overrides."""
+        return self.rules()[0]
+
+    @property
+    def years(self):
+        """The years the county declared complete."""
+        return self.rules()[1]
 
     def is_workday(self, day):
         """Whether ``day`` is a working day; :class:`CalendarGap` when nothing covers it."""
-        day = as_date(day)
-        if day in self.overrides:
-            return self.overrides[day]
-        try:
-            return chinese_calendar.is_workday(day)
-        except NotImplementedError:
-            raise CalendarGap(day) from None
+        return _workday(as_date(day), *self.rules())
 
     def next_workday(self, day):
         """The first working day strictly after ``day``."""
+        rules = self.rules()
         day = as_date(day) + ONE_DAY
-        while not self.is_workday(day):
+        while not _workday(day, *rules):
             day += ONE_DAY
         return day
 
@@ -85,11 +124,12 @@ class WorkCalendar:
 
     def workdays_between(self, start, end):
         """Number of working days in ``(start, end]``; 0 when ``end <= start``."""
+        rules = self.rules()
         day, end = as_date(start), as_date(end)
         count = 0
         while day < end:
             day += ONE_DAY
-            count += self.is_workday(day)
+            count += _workday(day, *rules)
         return count
 
     def workdays_until(self, today, due):
@@ -122,6 +162,7 @@ class WorkCalendar:
             if resume < stop:
                 raise ValueError(f"clock resumed ({resume}) before it stopped ({stop})")
             paused.append((stop, resume))
+        rules = self.rules()
         day = as_date(start)
         counted = 0
         while counted < n:
@@ -130,5 +171,30 @@ class WorkCalendar:
             # through days the calendar does not cover yet
             if any(stop < day <= resume for stop, resume in paused):
                 continue
-            counted += self.is_workday(day)
+            counted += _workday(day, *rules)
         return day
+
+
+class NodeCalendar(WorkCalendar):
+    """The calendar in force at a node (see :func:`calendar_from_db`)."""
+
+    def __init__(self, db):
+        super().__init__()
+        self.db = db
+
+    def rules(self):
+        """The overrides of the release active now (one small query; cached per release)."""
+        from shared.catalog.active import calendar_rules
+
+        return calendar_rules(self.db)
+
+
+def calendar_from_db(db):
+    """The working-day calendar in force at this node.
+
+    Its overrides are those of the signed catalog release active in ``db``
+    (``catalog_calendar``; none while no release carries a calendar). Each count reads the
+    release active at that moment, so a newly activated calendar applies at once, in the
+    very transaction that activated it.
+    """
+    return NodeCalendar(db)

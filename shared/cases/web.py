@@ -51,7 +51,7 @@ def desk(app=None):
         key = region_key(app)
         found = CaseDesk(store, app.config, key,
                          blobs=BlobStore(node_dir(app) / "blobs", key=scan_key(key)),
-                         calendar=work_calendar(app.config))
+                         calendar=work_calendar(app.config, store.db))
         app.extensions["case_desk"] = found
     return found
 

@@ -5,18 +5,22 @@ the public pages, search and acceptance.
 or an agency document, it tries the newest release above the active one: the signature must
 verify with a county key this node holds and every listed document must be present with the
 listed hash. Only then are the verified contents copied into ``catalog_item`` /
-``catalog_agency`` (and the search index) in the same transaction. Anything else leaves the
+``catalog_agency`` (and the search index) and the working-day overrides into
+``catalog_calendar`` / ``catalog_calendar_year`` in the same transaction. Anything else leaves the
 last good release active and is recorded: ``waiting`` while listed documents have not
 arrived, ``failed`` (an alarm) when a release is tampered, unsigned, signed by another key or
 an old one replayed. Pages never read ``item:`` documents directly, so a document changed
 after activation cannot reach a citizen either (it raises an alarm instead).
 """
 
+import datetime
 import json
 import logging
 import time
+import weakref
 
 from shared import errors
+from shared.catalog import calendar as cal
 from shared.catalog import release as rel
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,15 @@ class CatalogActivation:
         """CREATE TABLE IF NOT EXISTS catalog_check (
             id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, message TEXT,
             number INTEGER, checked_at REAL NOT NULL)""",
+        # The working-day overrides in force (shared.workdays.calendar_from_db reads them);
+        # catalog_calendar_doc names the verified document they came from.
+        """CREATE TABLE IF NOT EXISTS catalog_calendar (
+            day TEXT PRIMARY KEY, workday INTEGER NOT NULL, reason TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS catalog_calendar_year (
+            year INTEGER PRIMARY KEY, reason TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS catalog_calendar_doc (
+            id INTEGER PRIMARY KEY CHECK (id = 1), doc_id TEXT NOT NULL,
+            version INTEGER NOT NULL, hash TEXT NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS catalog_alarm (
             id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, doc_id TEXT NOT NULL,
             rev TEXT, message TEXT NOT NULL, UNIQUE (doc_id, rev, message))""",
@@ -77,16 +90,19 @@ class CatalogActivation:
         self.trusted_keys = dict(trusted_keys)
 
     def reset(self, db):
-        """Forget the active release before a rebuild (reindex activates it again)."""
+        """Forget the active release before a rebuild (reindex activates it again).
+
+        The overrides stay until the release is installed again: a rebuild reads case
+        documents before release documents, and their due dates need the calendar.
+        """
         for table in ("catalog_item", "catalog_agency", "catalog_facet", "catalog_fts",
-                      "catalog_state", "catalog_check"):
+                      "catalog_state", "catalog_check", "catalog_calendar_doc"):
             db.execute_sql(f"DELETE FROM {table}")
 
     def apply(self, db, docs):
         """Check the catalog documents among ``docs``; activate a newer release if it holds."""
         touched = [(doc_id, doc) for doc_id, doc in docs
-                   if doc_id.startswith((rel.RELEASE_PREFIX, rel.ITEM_PREFIX,
-                                         rel.AGENCY_PREFIX))]
+                   if doc_id.startswith((rel.RELEASE_PREFIX, *rel.LISTED_PREFIXES))]
         if not touched:
             return None
         try:
@@ -109,8 +125,9 @@ class CatalogActivation:
         marks = ",".join("?" * len(ids))
         active = dict(db.execute_sql(
             f"SELECT doc_id, hash FROM catalog_item WHERE doc_id IN ({marks}) UNION ALL "
-            f"SELECT doc_id, hash FROM catalog_agency WHERE doc_id IN ({marks})",
-            ids + ids).fetchall())
+            f"SELECT doc_id, hash FROM catalog_agency WHERE doc_id IN ({marks}) UNION ALL "
+            f"SELECT doc_id, hash FROM catalog_calendar_doc WHERE doc_id IN ({marks})",
+            ids * 3).fetchall())
         for doc_id, doc in touched:
             if doc_id in active and (doc is None or rel.content_hash(doc) != active[doc_id]):
                 _alarm(db, doc_id, doc, f"已生效的 {doc_id} 被改动或删除；继续使用签名时的内容")
@@ -147,7 +164,7 @@ class CatalogActivation:
             missing.
         """
         in_force = _in_force(db)
-        changed, missing = [], []
+        changed, missing, malformed = [], [], []
         entries = [e for e in release["entries"] if in_force.get(e["id"]) != e["hash"]]
         for start in range(0, len(entries), VERIFY_CHUNK):
             chunk = entries[start:start + VERIFY_CHUNK]
@@ -159,7 +176,15 @@ class CatalogActivation:
                     missing.append(doc_id)
                 elif rel.verified_text(entry, doc) is None:
                     changed.append(doc_id)
+                elif rel.is_calendar_id(doc_id):
+                    try:
+                        cal.entries_of_document(doc)
+                    except ValueError as exc:
+                        malformed.append(f"{doc_id}（{exc}）")
         rel.refuse_contents(release, changed, missing)
+        if malformed:
+            raise rel.ReleaseRefused(f"第 {release['number']} 号发布中的工作日历格式错误："
+                                     f"{'、'.join(malformed)}")
 
     def activate(self, db, written=None):
         """Activate the newest release above the active one that holds; record the outcome.
@@ -235,7 +260,8 @@ def _search_text(item):
 def _in_force(db):
     """``{doc_id: hash}`` of every document of the release in force."""
     return dict(db.execute_sql("SELECT doc_id, hash FROM catalog_item UNION ALL "
-                               "SELECT doc_id, hash FROM catalog_agency").fetchall())
+                               "SELECT doc_id, hash FROM catalog_agency UNION ALL "
+                               "SELECT doc_id, hash FROM catalog_calendar_doc").fetchall())
 
 
 def _forget_search(conn, item_ids):
@@ -263,8 +289,10 @@ def _install(db, store, release, started):
             conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in ids])
             if table == "catalog_item":
                 _forget_search(conn, ids)
+    changed_days = _install_calendar(conn, store, release)
     in_force = _in_force(db)
-    new = [e for e in release["entries"] if e["id"] not in in_force]
+    new = [e for e in release["entries"]
+           if e["id"] not in in_force and not rel.is_calendar_id(e["id"])]
     for start in range(0, len(new), VERIFY_CHUNK):
         chunk = new[start:start + VERIFY_CHUNK]
         # The stored JSON as it is (written moments ago or earlier): no encoding again.
@@ -298,6 +326,86 @@ def _install(db, store, release, started):
         "INSERT OR REPLACE INTO catalog_state VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
         (release["number"], release["_id"], release["time"], release["key_id"], items,
          agencies, _now(), time.perf_counter() - started))
+    if changed_days:
+        _refresh_due_dates(db, *changed_days)
+
+
+def _calendar_rows(conn):
+    """``({day: (workday, reason)}, {year: reason})`` installed now."""
+    days = {day: (bool(work), reason) for day, work, reason in conn.execute(
+        "SELECT day, workday, reason FROM catalog_calendar").fetchall()}
+    years = dict(conn.execute("SELECT year, reason FROM catalog_calendar_year").fetchall())
+    return days, years
+
+
+def _changed_span(before, after):
+    """``(first, last)`` ISO days whose working-day status may differ, or None."""
+    (old_days, old_years), (new_days, new_years) = before, after
+    days = [d for d in set(old_days) | set(new_days)
+            if old_days.get(d, (None,))[0] != new_days.get(d, (None,))[0]]
+    for year in set(old_years) ^ set(new_years):
+        days += [f"{year}-01-01", f"{year}-12-31"]
+    return (min(days), max(days)) if days else None
+
+
+def _install_calendar(conn, store, release):
+    """Install the release's calendar document (or none); the span of days it changed."""
+    entry = next((e for e in release["entries"] if rel.is_calendar_id(e["id"])), None)
+    current = conn.execute("SELECT doc_id, hash FROM catalog_calendar_doc").fetchone()
+    if entry is not None and current == (entry["id"], entry["hash"]):
+        return None
+    before = _calendar_rows(conn)
+    conn.execute("DELETE FROM catalog_calendar")
+    conn.execute("DELETE FROM catalog_calendar_year")
+    conn.execute("DELETE FROM catalog_calendar_doc")
+    if entry is not None:
+        text = store.winner_texts([entry["id"]])[entry["id"]]
+        entries = cal.entries_of_document(json.loads(text))
+        conn.executemany("INSERT INTO catalog_calendar VALUES (?, ?, ?)",
+                         [(e["date"], int(e["workday"]), e["reason"])
+                          for e in entries if "date" in e])
+        conn.executemany("INSERT INTO catalog_calendar_year VALUES (?, ?)",
+                         [(e["year"], e["reason"]) for e in entries if "date" not in e])
+        conn.execute("INSERT INTO catalog_calendar_doc VALUES (1, ?, ?, ?)",
+                     (entry["id"], entry["version"], entry["hash"]))
+    return _changed_span(before, _calendar_rows(conn))
+
+
+def _refresh_due_dates(db, first, last):
+    """Compute again the due dates a calendar change may move (cases accepted before the
+    last changed day and due on or after the first, or without a due date).
+
+    ``case_state`` belongs to the case index; a node whose store has none has no cases.
+    """
+    if not db.execute_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'case_state'").fetchone():
+        return
+    from shared.cases import fold
+    from shared.workdays import calendar_from_db
+
+    calendar = calendar_from_db(db)
+    numbers = [n for (n,) in db.execute_sql(
+        "SELECT number FROM case_state WHERE accepted_day IS NOT NULL AND accepted_day < ? "
+        "AND (due IS NULL OR due >= ?)", (last, first)).fetchall()]
+    moved = 0
+    for start in range(0, len(numbers), VERIFY_CHUNK):
+        chunk = numbers[start:start + VERIFY_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        updates = []
+        for number, due, state in db.execute_sql(
+                f"SELECT number, due, state FROM case_state WHERE number IN ({marks})",
+                chunk).fetchall():
+            try:
+                found = fold.due_date(json.loads(state), calendar)
+                new_due = found.isoformat() if found else None
+            except ValueError as exc:  # a day the calendar does not cover
+                logger.warning("case %s: no due date: %s", number, exc)
+                new_due = None
+            if new_due != due:
+                updates.append((new_due, number))
+        db.connection().executemany("UPDATE case_state SET due = ? WHERE number = ?", updates)
+        moved += len(updates)
+    logger.info("working-day calendar changed %s..%s: %d due dates moved", first, last, moved)
 
 
 # -- reading the catalog in force ------------------------------------------------------------
@@ -306,6 +414,44 @@ def active_number(db):
     """The number of the active release (0 when none is)."""
     row = db.execute_sql("SELECT number FROM catalog_state WHERE id = 1").fetchone()
     return row[0] if row else 0
+
+
+#: ``{db: (release number, rules)}``: the overrides in force, read once per activation.
+_CALENDAR_CACHE = weakref.WeakKeyDictionary()
+
+
+def calendar_rules(db):
+    """``({date: workday}, frozenset(complete years))`` in force at this node.
+
+    Cached per database and release number: a count asks once (one indexed query) and a new
+    activation is seen at once. Without an active release (before the first, or while a
+    rebuild re-reads the documents) the table is read as it is.
+    """
+    number = active_number(db)
+    cached = _CALENDAR_CACHE.get(db)
+    if number and cached is not None and cached[0] == number:
+        return cached[1]
+    days, years = _calendar_rows(db.connection())
+    rules = ({datetime.date.fromisoformat(day): work for day, (work, _) in days.items()},
+             frozenset(years))
+    if number:
+        _CALENDAR_CACHE[db] = (number, rules)
+    return rules
+
+
+def calendar_entries(db):
+    """The calendar entries in force (days, then complete years), as authored."""
+    days, years = _calendar_rows(db.connection())
+    entries = [{"date": day, "workday": work, "reason": reason}
+               for day, (work, reason) in days.items()]
+    entries += [{"year": year, "reason": reason} for year, reason in years.items()]
+    return cal.sort_entries(entries)
+
+
+def calendar_in_force(db):
+    """``{"doc_id", "version", "hash"}`` of the calendar document in force, or None."""
+    row = db.execute_sql("SELECT doc_id, version, hash FROM catalog_calendar_doc").fetchone()
+    return dict(zip(("doc_id", "version", "hash"), row)) if row else None
 
 
 def active_release(db):

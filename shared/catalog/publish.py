@@ -6,6 +6,11 @@ Drafts and proposals are tables of the county's own database, never replicated: 
 approved, signed release leaves the county. The working copy is the catalog in force with
 the drafts laid over it; a proposal freezes the working copy, and approval publishes exactly
 what was proposed, whatever was edited meanwhile.
+
+The county's working-day overrides (:mod:`shared.catalog.calendar`) are drafted per day (or
+complete year) in ``calendar_draft`` and travel the same way: a proposal freezes the working
+calendar beside the records, and approval publishes it as ``catalog:calendar@<version>``
+listed in the signed release.
 """
 
 import functools
@@ -17,6 +22,7 @@ from peewee import fn, AutoField, CharField, FloatField, IntegerField, TextField
 
 from shared import errors
 from shared.catalog import active, release as rel, schema
+from shared.catalog import calendar as cal
 from shared.models import Account, BaseModel
 
 logger = logging.getLogger(__name__)
@@ -55,7 +61,7 @@ class ReleaseProposal(BaseModel):
     proposed_by = CharField()
     proposed_at = FloatField()
     note = TextField(default="")
-    records = TextField()  # JSON {"items": [...], "agencies": [...]}
+    records = TextField()  # JSON {"items": [...], "agencies": [...], "calendar": [...]}
     changes = TextField()  # JSON list from diff(), for the approver's review
     state = CharField(default=PROPOSED)
     decided_by = CharField(null=True)
@@ -75,7 +81,20 @@ class ReleaseProposal(BaseModel):
         return json.loads(self.changes)
 
 
-MODELS = [CatalogDraft, ReleaseProposal]
+class CalendarDraft(BaseModel):
+    """An unpublished change to one calendar entry (a day or a complete year): the new
+    entry, or None to remove it."""
+
+    key = CharField(unique=True)  # "2027-01-01" or "2027"
+    body = TextField(null=True)
+    updated_by = CharField()
+    updated_at = FloatField()
+
+    class Meta:
+        table_name = "calendar_draft"
+
+
+MODELS = [CatalogDraft, ReleaseProposal, CalendarDraft]
 
 
 def create_tables(db):
@@ -230,6 +249,93 @@ def diff(db):
     return changes
 
 
+# -- the working calendar ----------------------------------------------------------------------
+
+@_bound
+def working_calendar(db):
+    """The calendar entries in force with every calendar draft laid over them."""
+    entries = {cal.entry_key(e): e for e in active.calendar_entries(db)}
+    for draft in CalendarDraft.select():
+        if draft.body is None:
+            entries.pop(draft.key, None)
+        else:
+            entries[draft.key] = json.loads(draft.body)
+    return cal.sort_entries(entries.values())
+
+
+def _draft_rows(entries, by, now):
+    return [{"key": cal.entry_key(e), "updated_by": by, "updated_at": now,
+             "body": json.dumps(e, ensure_ascii=False, sort_keys=True)} for e in entries]
+
+
+@_bound
+def save_calendar_entries(db, entries, by, *, replace=False):
+    """Draft ``entries`` (new or changed days and years), all or nothing.
+
+    :param replace: make the working calendar exactly ``entries`` (the others are drafted
+        for removal) instead of adding them to it.
+    :raises CatalogInvalid: with every problem; nothing is changed then.
+    """
+    cal.check_entries(entries)
+    in_force = {cal.entry_key(e): e for e in active.calendar_entries(db)}
+    given = {cal.entry_key(e): e for e in entries}
+    keys = set(given) | (set(in_force) if replace else set())
+    if replace:
+        keys |= {d.key for d in CalendarDraft.select(CalendarDraft.key)}
+    now = _now()
+    with db.atomic():
+        for start in range(0, len(keys), 500):
+            chunk = sorted(keys)[start:start + 500]
+            CalendarDraft.delete().where(CalendarDraft.key.in_(chunk)).execute()
+        rows = _draft_rows([e for k, e in given.items() if in_force.get(k) != e], by, now)
+        rows += [{"key": k, "body": None, "updated_by": by, "updated_at": now}
+                 for k in sorted(set(in_force) - set(given)) if replace]
+        for start in range(0, len(rows), 200):
+            CalendarDraft.insert_many(rows[start:start + 200]).execute()
+    return calendar_diff(db)
+
+
+@_bound
+def remove_calendar_entry(db, key, by):
+    """Draft the removal of an entry (an entry never published just loses its draft)."""
+    published = any(cal.entry_key(e) == key for e in active.calendar_entries(db))
+    with db.atomic():
+        CalendarDraft.delete().where(CalendarDraft.key == key).execute()
+        if published:
+            CalendarDraft.create(key=key, body=None, updated_by=by, updated_at=_now())
+    return published
+
+
+@_bound
+def discard_calendar_draft(db, key):
+    """Drop the draft of an entry; returns whether there was one."""
+    return CalendarDraft.delete().where(CalendarDraft.key == key).execute() > 0
+
+
+@_bound
+def calendar_diff(db):
+    """The working calendar against the one in force: added, changed and removed entries,
+    in the shape of :func:`diff`'s changes (kind ``calendar``, id the entry's key)."""
+    before = {cal.entry_key(e): e for e in active.calendar_entries(db)}
+    after = {cal.entry_key(e): e for e in working_calendar(db)}
+    changes = []
+    for key in sorted(set(before) | set(after), key=lambda k: (len(k) == 4, k)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        change = "added" if old is None else "removed" if new is None else "changed"
+        fields = []
+        if change == "changed":
+            fields = [label for member, label in (("workday", "安排"), ("reason", "原因"))
+                      if old.get(member) != new.get(member)]
+        changes.append({"kind": "calendar", "id": key, "change": change,
+                        "name": cal.describe(new or old), "fields": fields,
+                        "before": old, "after": new,
+                        "before_text": cal.describe(old) if old else "",
+                        "after_text": cal.describe(new) if new else ""})
+    return changes
+
+
 # -- proposing and approving -----------------------------------------------------------------
 
 def _has_role(username, role):
@@ -272,13 +378,16 @@ def propose(db, by, note=""):
         raise schema.CatalogInvalid(found)
     if not items:
         raise PublishRefused("目录中没有事项，不能发布")
-    changes = diff(db)
+    calendar = working_calendar(db)
+    cal.check_entries(calendar)
+    changes = diff(db) + calendar_diff(db)
     if not changes and active.active_number(db):
         raise PublishRefused("草稿与现行目录没有差别，无需发布")
     summary = [{k: c[k] for k in ("kind", "id", "change", "name", "fields")} for c in changes]
     proposal = ReleaseProposal.create(
         number=next_release_number(db), proposed_by=by, proposed_at=_now(), note=note or "",
-        records=json.dumps({"items": items, "agencies": agencies}, ensure_ascii=False),
+        records=json.dumps({"items": items, "agencies": agencies, "calendar": calendar},
+                           ensure_ascii=False),
         changes=json.dumps(summary, ensure_ascii=False))
     logger.info("release %s proposed by %s (%d changes)", proposal.number, by, len(changes))
     return proposal
@@ -295,10 +404,11 @@ def _decide(proposal_id, by):
 
 def _versions(db):
     """Highest published version of every record id this node holds, by kind."""
-    highest = {"item": {}, "agency": {}}
+    highest = {"item": {}, "agency": {}, "calendar": {}}
     for (doc_id,) in db.execute_sql(
             "SELECT id FROM document WHERE (id > 'item:' AND id < 'item;') OR "
-            "(id > 'catalog:agency:' AND id < 'catalog:agency;')").fetchall():
+            "(id > 'catalog:agency:' AND id < 'catalog:agency;') OR "
+            "(id > 'catalog:calendar@' AND id < 'catalog:calendarA')").fetchall():
         parsed = rel.parse_versioned_id(doc_id)
         if parsed:
             kind, record_id, version = parsed
@@ -347,6 +457,14 @@ def approve(store, proposal_id, by, private_key, *, now=None):
             doc = rel.published_doc(kind, record, version)
             new_docs.append(doc)
             entries.append({"id": doc["_id"], "version": version, "hash": rel.content_hash(doc)})
+    calendar = records.get("calendar")
+    if calendar is None:  # proposed before calendars were published: keep the one in force
+        calendar = active.calendar_entries(db)
+    calendar_entry, calendar_doc = _calendar_entry(db, calendar, highest)
+    if calendar_doc is not None:
+        new_docs.append(calendar_doc)
+    if calendar_entry is not None:
+        entries.append(calendar_entry)
     moment = now or datetime.now(timezone.utc)
     release = rel.sign_release(private_key, number=proposal.number,
                                time=moment.isoformat(timespec="seconds"), entries=entries,
@@ -369,9 +487,34 @@ def approve(store, proposal_id, by, private_key, *, now=None):
                 done.append(draft.id)
         for start in range(0, len(done), 500):
             CatalogDraft.delete().where(CatalogDraft.id.in_(done[start:start + 500])).execute()
+        _clear_published_calendar_drafts(calendar)
     logger.info("release %s approved by %s: %d documents, %d new", proposal.number, by,
                 len(entries), len(new_docs))
     return release
+
+
+def _calendar_entry(db, calendar, highest):
+    """``(release entry, new document)`` publishing ``calendar``: the document in force when
+    it holds the same, none at all for an empty calendar."""
+    if not calendar:
+        return None, None
+    body = cal.document_body(calendar)
+    in_force = active.calendar_in_force(db)
+    if in_force is not None and cal.document_body(active.calendar_entries(db)) == body:
+        return {"id": in_force["doc_id"], "version": in_force["version"],
+                "hash": in_force["hash"]}, None
+    version = highest["calendar"].get(rel.CALENDAR_RECORD, 0) + 1
+    doc = rel.calendar_doc(body, version)
+    return {"id": doc["_id"], "version": version, "hash": rel.content_hash(doc)}, doc
+
+
+def _clear_published_calendar_drafts(calendar):
+    """Drop the calendar drafts that ``calendar`` (just published) made true."""
+    published = {cal.entry_key(e): e for e in calendar}
+    done = [d.id for d in CalendarDraft.select()
+            if (json.loads(d.body) if d.body else None) == published.get(d.key)]
+    for start in range(0, len(done), 500):
+        CalendarDraft.delete().where(CalendarDraft.id.in_(done[start:start + 500])).execute()
 
 
 def reject(proposal_id, by, reason):
@@ -398,8 +541,15 @@ def withdraw(proposal_id, by):
 
 
 @_bound
-def publish(store, items, agencies, *, proposer, approver, private_key, note="", now=None):
-    """Import, propose and approve in one go (the demo and set-up scripts; two accounts)."""
+def publish(store, items, agencies, *, proposer, approver, private_key, note="", now=None,
+            calendar=None):
+    """Import, propose and approve in one go (the demo and set-up scripts; two accounts).
+
+    :param calendar: calendar entries to publish as the whole working calendar (None: the
+        working calendar as it is).
+    """
     import_catalog(store.db, items, agencies, proposer)
+    if calendar is not None:
+        save_calendar_entries(store.db, calendar, proposer, replace=True)
     proposal = propose(store.db, proposer, note)
     return approve(store, proposal.id, approver, private_key, now=now)

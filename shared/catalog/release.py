@@ -5,6 +5,9 @@ Documents (all immutable once written; a new version is a new document):
 * ``item:<item id>@<version>`` — one version of a service item: the schema's fields plus
   ``type: "item"`` and ``version``.
 * ``catalog:agency:<agency id>@<version>`` — one version of an intermediary agency.
+* ``catalog:calendar@<version>`` — one version of the county's working-day overrides
+  (``overrides`` and ``years``, see :mod:`shared.catalog.calendar`); a release lists at most
+  one, and none when the county has no overrides.
 * ``release:<number, 6 digits>`` — the release: ``number``, ``time``, ``key_id``,
   ``proposed_by``, ``approved_by`` and ``entries`` (``id``, ``version``, ``hash`` of each
   listed document), with ``signature``: the county's Ed25519 signature of the canonical
@@ -21,9 +24,15 @@ from shared import identity
 
 ITEM_PREFIX = "item:"
 AGENCY_PREFIX = "catalog:agency:"
+CALENDAR_PREFIX = "catalog:calendar@"
+#: The record id of the calendar (there is one calendar; its documents differ by version).
+CALENDAR_RECORD = "calendar"
 RELEASE_PREFIX = "release:"
 RELEASE_ID = re.compile(r"release:(\d{6})")
 VERSIONED_ID = re.compile(r"(item:|catalog:agency:)([A-Za-z0-9][A-Za-z0-9-]*)@([1-9]\d*)")
+CALENDAR_ID = re.compile(r"catalog:calendar@([1-9]\d*)")
+#: Prefixes of every document a release lists.
+LISTED_PREFIXES = (ITEM_PREFIX, AGENCY_PREFIX, CALENDAR_PREFIX)
 #: Members of a release that its signature covers, besides ``entries``.
 SIGNED_MEMBERS = ("number", "time", "key_id", "proposed_by", "approved_by")
 
@@ -61,13 +70,29 @@ def agency_doc_id(agency_id, version):
     return f"{AGENCY_PREFIX}{agency_id}@{version}"
 
 
+def calendar_doc_id(version):
+    """The document id of version ``version`` of the working-day calendar."""
+    return f"{CALENDAR_PREFIX}{version}"
+
+
+def is_calendar_id(doc_id):
+    """Whether ``doc_id`` names a calendar document."""
+    return doc_id.startswith(CALENDAR_PREFIX)
+
+
 def release_doc_id(number):
     """The document id of release ``number``."""
     return f"{RELEASE_PREFIX}{number:06d}"
 
 
 def parse_versioned_id(doc_id):
-    """``(kind, record id, version)`` of an item or agency document id, or None."""
+    """``(kind, record id, version)`` of an item, agency or calendar document id, or None.
+
+    A calendar document's record id is :data:`CALENDAR_RECORD`.
+    """
+    match = CALENDAR_ID.fullmatch(doc_id)
+    if match:
+        return "calendar", CALENDAR_RECORD, int(match.group(1))
     match = VERSIONED_ID.fullmatch(doc_id)
     if not match:
         return None
@@ -83,6 +108,11 @@ def published_doc(kind, record, version):
     doc_id = item_doc_id(record["id"], version) if kind == "item" else \
         agency_doc_id(record["id"], version)
     return {"_id": doc_id, **body}
+
+
+def calendar_doc(body, version):
+    """The document publishing the calendar ``body`` (``calendar.document_body``)."""
+    return {"_id": calendar_doc_id(version), "type": "calendar", "version": version, **body}
 
 
 def signed_bytes(release):

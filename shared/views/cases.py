@@ -135,9 +135,9 @@ def _calendar():
     try:
         return web.desk().calendar
     except CaseError:
-        from shared.app import work_calendar
+        from shared.app import get_store, work_calendar
 
-        return work_calendar(current_app.config)
+        return work_calendar(current_app.config, get_store().db)
 
 
 def _carried_card(state, due):
