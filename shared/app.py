@@ -86,7 +86,7 @@ def create_app(config=None, node_dir=None):
         dbmod.database.initialize(app.extensions["store"].db)
 
     from shared import couch, nodeapi, staff
-    from shared.views import appointments, cases, catalog, home, progress, sync
+    from shared.views import appointments, cases, catalog, dashboard, home, progress, sync
 
     # Every node serves /db under the scopes; a test may replace the policy afterwards.
     app.extensions["couch_policy"] = NodePolicy(app.extensions["store"])
@@ -99,6 +99,7 @@ def create_app(config=None, node_dir=None):
     cases.init_app(app)
     progress.init_app(app)
     appointments.init_app(app)
+    dashboard.init_app(app)
     module.init_app(app)
     return app
 

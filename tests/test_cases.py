@@ -166,6 +166,8 @@ def test_the_whole_road_supplement_elsewhere_review_decide_deliver_elsewhere_rat
     final = states[0]
     assert final["status"] == F.DONE and final["delivered"]["node"] == VILLAGE_B
     assert final["rating"]["score"] == 5 and final["ignored"] == []
+    # Accepted, supplemented and collected on one day: one trip for the citizen.
+    assert final["visits"] == 1 and len(final["visit_days"]) == 1
     assert [step["kind"] for step in final["timeline"]] == [
         "accepted", "joined", "supplemented", "forwarded", "approved", "delivery_changed", "delivered",
         "rated"]

@@ -83,7 +83,7 @@ def test_browsers_get_the_home_page(client):
     assert "服务站" in page
     # Every page a citizen or a clerk starts from is one click away, and each link works.
     for path in ("/catalog", "/progress", "/apply", "/appointments", "/cases/",
-                 "/cases/window", "/cases/find", "/appointments/admin"):
+                 "/cases/window", "/cases/find", "/appointments/admin", "/dashboard/"):
         assert f'href="{path}"' in page, path
         assert client.get(path).status_code in (200, 302), path
 

@@ -111,7 +111,7 @@ def _blank(header):
         "stops": [], "delivery_station": header.get("delivery_station") or header.get("origin"),
         "decision": None, "delivered": None, "rating": None, "complaints": [],
         "postcheck": None, "supplement_request": None, "proxy": header.get("proxy"),
-        "licences": [], "timeline": [], "ignored": [], "visits": 0,
+        "licences": [], "timeline": [], "ignored": [], "visits": 0, "visit_days": [],
         # The latest sealed applicant profile (a continued case may correct it).
         "applicant": header.get("applicant"),
         "participants": sorted(c for c in {header.get("origin"), header.get("handler"),
@@ -224,6 +224,15 @@ def _note(state, event):
     state["timeline"].append(entry)
 
 
+def _visit(state, event):
+    """The applicant came to a station that day: a visit (two steps on one day, such as
+    accepting and handing over a 即办 result, are one trip)."""
+    day = hlc_day(event["hlc"]).isoformat()
+    if day not in state["visit_days"]:
+        state["visit_days"] = state["visit_days"] + [day]
+        state["visits"] = len(state["visit_days"])
+
+
 def _require(condition, reason):
     if not condition:
         raise _Refused(reason)
@@ -275,7 +284,7 @@ def _notice(state, event):
              "一次性告知只能在受理之前出具")
     state["status"] = AWAITING
     state["stage"] = event.get("node")
-    state["visits"] += 1
+    _visit(state, event)
     _set_materials(state, event.get("materials"))
 
 
@@ -289,7 +298,7 @@ def _accepted(state, event):
     state["accepted_day"] = hlc_day(event["hlc"]).isoformat()
     state["accepted_at"] = event.get("node")
     if event.get("visit", True):
-        state["visits"] += 1
+        _visit(state, event)
     if isinstance(event.get("route"), list) and event["route"]:
         state["route"] = list(event["route"])
     state["route_index"] = 0
@@ -326,7 +335,8 @@ def _supplemented(state, event):
     _require(state["status"] in (PREAPPLIED, AWAITING, HANDLING, SUPPLEMENTING),
              "案件已办结，不能再补充材料")
     _set_materials(state, event.get("materials"))
-    state["visits"] += 1 if event.get("visit", True) else 0
+    if event.get("visit", True):
+        _visit(state, event)
     if state["status"] == SUPPLEMENTING:
         state["stops"] = state["stops"][:-1] + [[state["stops"][-1][0],
                                                  hlc_day(event["hlc"]).isoformat()]]
@@ -431,7 +441,7 @@ def _delivered(state, event):
     state["delivered"] = {"node": event.get("node"), "hlc": event.get("hlc"),
                           "by": _by(event), "to": event.get("to", "applicant")}
     if event.get("visit", True):
-        state["visits"] += 1
+        _visit(state, event)
 
 
 def _rated(state, event):

@@ -11,6 +11,7 @@ import json
 import logging
 
 from shared.cases import fold as F
+from shared.cases import stats
 from shared.scopes import case_number
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class CaseIndex:
             return
         state = F.fold(header, events)
         row = self.row(state, events)
+        # The supervision figures follow the row in the same transaction (stats.py).
+        stats.apply_delta(db, stats.held_row(db, number), row)
         marks = ",".join("?" * len(COLUMNS))
         db.execute_sql(f"INSERT OR REPLACE INTO case_state ({','.join(COLUMNS)}) "
                        f"VALUES ({marks})", [row[c] for c in COLUMNS])
