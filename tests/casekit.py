@@ -9,6 +9,7 @@ import datetime
 import os
 
 from shared import identity, registry
+from shared.casedocs import CHINA_TIME
 from shared.cases import idnumbers
 from shared.cases.blobs import BlobStore
 from shared.cases.scans import scan_key
@@ -123,6 +124,21 @@ class Kit:
     def close(self):
         for app in self.apps.values():
             app.extensions["store"].close()
+
+
+class FrozenClock:
+    """The time every node's clock reads (``Kit(wall_clock=…)``); ``at(day, hour)`` moves
+    it to that hour, China time."""
+
+    def __init__(self, day):
+        self.at(day)
+
+    def at(self, day, hour=10):
+        self.now = datetime.datetime(day.year, day.month, day.day, hour,
+                                     tzinfo=CHINA_TIME).timestamp()
+
+    def __call__(self):
+        return self.now
 
 
 def clerk(name="clerk-a"):

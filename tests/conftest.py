@@ -95,3 +95,14 @@ def stores(tmp_path):
     yield make
     for store in made:
         store.close()
+
+
+@pytest.fixture
+def frozen():
+    """A frozen clock for ``casekit.Kit(wall_clock=frozen)``, at 13 February 2026 (the
+    Friday before Spring Festival); tests move it with ``frozen.at(day)``."""
+    from datetime import date
+
+    from tests.casekit import FrozenClock
+
+    return FrozenClock(date(2026, 2, 13))

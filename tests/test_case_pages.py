@@ -713,23 +713,7 @@ D = datetime.date
 HARD_TO_EMPLOY = "GD-LS-17"
 
 
-class FrozenClock:
-    """The time every node's case clock reads; ``at(day)`` moves it to 10:00 China time."""
 
-    def __init__(self, day):
-        self.at(day)
-
-    def at(self, day, hour=10):
-        self.now = datetime.datetime(day.year, day.month, day.day, hour,
-                                     tzinfo=CHINA_TIME).timestamp()
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def frozen():
-    return FrozenClock(D(2026, 2, 13))
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from openpyxl import load_workbook
 
-from shared.casedocs import CHINA_TIME
 from shared.cases import fold as F
 from shared.cases import idnumbers, stats
 from shared.cases.index import COLUMNS
@@ -44,23 +43,7 @@ NEARLY_60 = idnumbers.make_resident_id("441521", D(1966, 4, 20), 7)
 AGED_80 = idnumbers.make_resident_id("441521", D(1946, 1, 5), 8)
 
 
-class FrozenClock:
-    """The time every node's case clock reads; ``at(day, hour)`` moves it (China time)."""
 
-    def __init__(self, day):
-        self.at(day)
-
-    def at(self, day, hour=10):
-        self.now = datetime.datetime(day.year, day.month, day.day, hour,
-                                     tzinfo=CHINA_TIME).timestamp()
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def frozen():
-    return FrozenClock(D(2026, 2, 13))
 
 
 @pytest.fixture

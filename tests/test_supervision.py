@@ -1,6 +1,6 @@
 """Working-day time limits and yellow/red cards with a frozen clock across real holidays.
 
-Every node's clock reads one frozen time that the tests move on, so cases are accepted,
+Every node's clock reads one frozen time (the ``frozen`` fixture) that the tests move on, so cases are accepted,
 stopped and carded on the real dates of Spring Festival 2026 (holidays 15–23 February,
 adjusted working Saturdays 14 and 28 February) and National Day 2026 (holidays 1–7
 October, adjusted working Saturday 10 October).
@@ -10,7 +10,6 @@ import datetime
 
 import pytest
 
-from shared.casedocs import CHINA_TIME
 from shared.cases import fold as F
 from shared.cases import supervision
 from shared.cases.desk import CaseError
@@ -24,23 +23,7 @@ ITEM = "GD-LS-17"
 HRSS = "人力资源社会保障"
 
 
-class FrozenClock:
-    """The time every node reads; ``at(day)`` moves it to 10:00 China time that day."""
 
-    def __init__(self, day):
-        self.at(day)
-
-    def at(self, day, hour=10):
-        self.now = datetime.datetime(day.year, day.month, day.day, hour,
-                                     tzinfo=CHINA_TIME).timestamp()
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def frozen():
-    return FrozenClock(D(2026, 2, 13))
 
 
 @pytest.fixture

@@ -5,12 +5,14 @@ per app (it holds the region key read from the node directory). A node that has 
 key (not enrolled) cannot handle cases, and :func:`desk` says so in plain Chinese.
 """
 
+import datetime
 import logging
 from pathlib import Path
 
 from flask import current_app
 
 from shared import errors, registry
+from shared.casedocs import CHINA_TIME
 from shared.cases.blobs import BlobStore
 from shared.cases.desk import Actor, CaseError, CaseDesk
 from shared.cases.scans import scan_key
@@ -18,6 +20,21 @@ from shared.cases.scans import scan_key
 logger = logging.getLogger(__name__)
 
 NO_REGION_KEY = "本站尚未登记加入本县（没有区域密钥），不能办理办件。请先完成站点登记。"
+
+
+def store_db(app=None):
+    """The node's database (the pages' queries read it)."""
+    return (app or current_app).extensions["store"].db
+
+
+def node_code(app=None):
+    """This node's division code."""
+    return (app or current_app).config["NODE_CODE"]
+
+
+def china_today():
+    """Today's date in China time (the day every page and count speaks of)."""
+    return datetime.datetime.now(CHINA_TIME).date()
 
 
 def node_dir(app=None):

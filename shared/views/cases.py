@@ -17,7 +17,7 @@ from flask import (Blueprint, abort, current_app, make_response, redirect, rende
 from markupsafe import Markup
 
 from shared import registry
-from shared.casedocs import CHINA_TIME, events_in_order
+from shared.casedocs import events_in_order
 from shared.cases import appointments as ap
 from shared.cases import blobs as blobmod
 from shared.cases import fold as F
@@ -79,16 +79,7 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def _db():
-    return current_app.extensions["store"].db
-
-
-def _node():
-    return current_app.config["NODE_CODE"]
-
-
-def _today():
-    return datetime.datetime.now(CHINA_TIME).date()
+_db, _node, _today = web.store_db, web.node_code, web.china_today
 
 
 def _text(name, limit=1000):

@@ -16,7 +16,6 @@ import logging
 from flask import Blueprint, abort, current_app, render_template, request, send_file
 from markupsafe import Markup, escape
 
-from shared.casedocs import CHINA_TIME
 from shared.cases import fold as F
 from shared.cases import stats, web
 from shared.cases.desk import CaseError
@@ -47,16 +46,7 @@ AVERAGES = {"avg_decide_days": 1, "avg_rating": 2, "avg_complaint_hours": 1}
 STATUS_NAMES = F.STATUS_LABELS
 
 
-def _db():
-    return current_app.extensions["store"].db
-
-
-def _node():
-    return current_app.config["NODE_CODE"]
-
-
-def _today():
-    return datetime.datetime.now(CHINA_TIME).date()
+_db, _node, _today = web.store_db, web.node_code, web.china_today
 
 
 def _refuse(status, title, message):
