@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from shared import casedocs, errors, identity, registry
 from shared.cases import fold as F
 from shared.cases import blobs, idnumbers, personal, scans
-from shared.cases.index import CaseIndex, item_id_of, read_case, state_of
+from shared.cases.index import item_id_of, licences_of, read_case, state_of
 from shared.catalog import active, schema
 from shared.hlc import NodeClock
 
@@ -167,8 +167,6 @@ class CaseDesk:
         Scans the applicant gave in an earlier case (same material name, within
         :data:`REUSE_DAYS`) are offered again.
         """
-        from shared.cases.index import licences_of
-
         licences = licences_of(self.db, applicant_key, on) if applicant_key else {}
         reuse = self.reusable_scans(applicant_key, on) if applicant_key else {}
         rows = []
@@ -320,7 +318,7 @@ class CaseDesk:
                 data = self.blobs.get(sha)
             except (KeyError, blobs.BlobCorrupt) as exc:
                 raise CaseError("扫描件文件已损坏，请重新上传。") from exc
-            return data, _sniff(data)
+            return data, blobs.detect_mime(data)
         if sha in allowed:
             return self.scan(allowed[sha], sha)
         raise CaseError("找不到该扫描件（或不是本申请人的材料），请重新上传。")
@@ -795,18 +793,3 @@ def _needed_text(row):
     if row.get("common_mistakes"):
         parts.append("；注意：" + "、".join(row["common_mistakes"]))
     return "".join(parts)
-
-
-def _sniff(data):
-    if data.startswith(b"%PDF"):
-        return "application/pdf"
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    return "application/octet-stream"
-
-
-def default_index(calendar=None):
-    """The ``CaseIndex`` projection a node registers."""
-    return CaseIndex(calendar)
