@@ -20,11 +20,11 @@ from shared.cases import appointments as ap
 from shared.cases import personal, web
 from shared.cases.desk import CaseError
 from shared.catalog import active
-from shared.staff import current_staff, message_page, staff_required
+from shared.staff import current_staff, staff_required
 from shared.views.progress import (BOOK_PER_ADDRESS, client_address, create_throttle_table,
                                    form_token_required, init_template_helpers, minutes,
-                                   proof_matches, request_size_guard, throttle_note,
-                                   throttle_wait, throttled)
+                                   proof_matches, throttle_note, throttle_wait, throttled,
+                                   wire_public)
 
 logger = logging.getLogger(__name__)
 
@@ -290,22 +290,8 @@ def staff_cancel():
 
 # -- wiring ---------------------------------------------------------------------------------
 
-_size_guard, _too_large = request_size_guard({"appointments.public": MAX_BOOKING_REQUEST},
-                                             hint="请返回预约页面重新填写。")
-bp.before_request(_size_guard)
-bp.register_error_handler(413, _too_large)
-
-
-@bp.errorhandler(CaseError)
-def _case_error(exc):
-    # Only what the views do not catch: a node that cannot handle cases at all.
-    return message_page(503, "暂不能预约", exc.message)
-
-
-@bp.after_request
-def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
+wire_public(bp, {"appointments.public": MAX_BOOKING_REQUEST}, "暂不能预约",
+            hint="请返回预约页面重新填写。")
 
 
 def init_app(app):

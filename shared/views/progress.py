@@ -747,22 +747,26 @@ def apply_done(number):
 
 # -- wiring ---------------------------------------------------------------------------------
 
-_size_guard, _too_large = request_size_guard({"progress.apply_item": MAX_APPLY_REQUEST})
-bp.before_request(_size_guard)
-bp.register_error_handler(413, _too_large)
+def wire_public(blueprint, limits, unavailable, hint=UPLOAD_HINT):
+    """What every public blueprint needs: request size limits (``request_size_guard``),
+    a plain page when the node cannot handle cases at all (title ``unavailable``), and
+    no caching (pages carry the form token and a case's progress)."""
+    size_guard, too_large = request_size_guard(limits, hint=hint)
+    blueprint.before_request(size_guard)
+    blueprint.register_error_handler(413, too_large)
+
+    def case_error(exc):
+        # Only what the views do not catch: a node that cannot handle cases at all.
+        return message_page(503, unavailable, exc.message)
+    blueprint.register_error_handler(CaseError, case_error)
+
+    def no_store(response):
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    blueprint.after_request(no_store)
 
 
-@bp.errorhandler(CaseError)
-def _case_error(exc):
-    # Only what the views do not catch: a node that cannot handle cases at all.
-    return message_page(503, "暂不能办理", exc.message)
-
-
-@bp.after_request
-def _no_store(response):
-    # Pages carry the form token and a case's progress: keep them out of shared caches.
-    response.headers["Cache-Control"] = "no-store"
-    return response
+wire_public(bp, {"progress.apply_item": MAX_APPLY_REQUEST}, "暂不能办理")
 
 
 #: The citizen's pages, linked from each other when registered.
