@@ -44,7 +44,7 @@ from shared.cases.index import COLUMNS, CaseIndex  # noqa: E402
 from shared.catalog import publish  # noqa: E402
 from shared.catalog.sample import sample_catalog  # noqa: E402
 from shared.hlc import Timestamp, format_hlc  # noqa: E402
-from shared.workdays import CalendarGap, WorkCalendar  # noqa: E402
+from shared.workdays import WorkCalendar  # noqa: E402
 
 logger = logging.getLogger("bench.dashboard")
 
@@ -83,11 +83,9 @@ def statutory_calendar(first, last):
     times)."""
     plain = WorkCalendar()
     days, day = {}, first
-    while day <= last:
-        try:
-            days[day] = plain.is_workday(day)
-        except CalendarGap:  # beyond the published arrangements: the calendar says so too
-            break
+    # Up to the last published day: beyond it the calendar counts ordinary weeks itself.
+    while day <= last and plain.covers(day):
+        days[day] = plain.is_workday(day)
         day += datetime.timedelta(days=1)
     return WorkCalendar(overrides=days)
 

@@ -12,9 +12,11 @@ import logging
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 
+from shared import clock
 from shared.catalog import active, publish, schema
 from shared.catalog import calendar as cal
 from shared.staff import staff_required
+from shared.syncstatus import calendar_report
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +59,12 @@ def _render(found=(), form=None, status=200):
     db = _db()
     rows, pending = _rows(db)
     in_force = active.calendar_entries(db)
+    today = clock.today()
+    alarms = calendar_report(db, today)
     return render_template(
-        "county/calendar/index.html", rows=rows, pending=pending,
-        coverage=cal.coverage(in_force, datetime.date.today(), publish.working_calendar(db)),
+        "county/calendar/index.html", rows=rows, pending=pending, alarms=alarms,
+        notice_year=alarms["warning"]["year"] if alarms["warning"] else today.year + 1,
+        coverage=cal.coverage(in_force, today, publish.working_calendar(db)),
         document=active.calendar_in_force(db), catalog=active.catalog_status(db),
         proposal=publish.open_proposal(), errors=list(found), form=form or {},
         published_lines="\n".join(cal.as_line(e) for e in in_force)), status

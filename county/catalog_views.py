@@ -8,13 +8,12 @@ two-person approval, signing) live there.
 """
 
 import logging
-from datetime import datetime
 
 from flask import (Blueprint, current_app, flash, g, redirect, render_template, request,
                    url_for)
 from markupsafe import Markup
 
-from shared import errors, identity
+from shared import clock, errors, identity
 from shared.catalog import active, publish, schema
 from shared.catalog.forms import (KIND_FIELDS, changed_fields, choice_name, display_rows,
                                   errors_by_field, form_values, parse_form, submitted_values,
@@ -40,10 +39,11 @@ def _db():
     return current_app.extensions["store"].db
 
 
-def _when(timestamp):
-    if not timestamp:
+def _when(moment):
+    """A time as staff read it: ``2026-12-04 17:50（北京时间）`` ("" for none)."""
+    if not moment:
         return ""
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    return clock.format_time(moment)
 
 
 @bp.context_processor

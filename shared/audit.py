@@ -26,6 +26,7 @@ from typing import NamedTuple
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared import clock
 from shared import errors, identity
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def _secrets_lock(node_dir, timeout=10.0):
 
 def _stale(path):
     try:
-        return time.time() - path.stat().st_mtime > STALE_LOCK_SECONDS
+        return time.time() - path.stat().st_mtime > STALE_LOCK_SECONDS  # real time: an mtime
     except FileNotFoundError:
         return False
 
@@ -187,7 +188,7 @@ def _same(a, b):
 
 def _format_at(at):
     if at is None:
-        at = datetime.datetime.now(datetime.timezone.utc)
+        at = clock.utcnow()
     if isinstance(at, str):
         return at
     if at.tzinfo is None:

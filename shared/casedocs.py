@@ -13,6 +13,7 @@ import datetime
 import re
 
 from shared import errors
+from shared.clock import BEIJING
 from shared.cases import scans
 from shared.config import TIER_BY_LENGTH
 from shared.hlc import format_hlc, parse_hlc
@@ -29,7 +30,7 @@ EVENT_MEMBERS = ("type", "case", "kind", "node", "hlc", "parties")
 CASE_MEMBERS = ("type", "number", "item", "origin", "handler", "applicant_key", "hlc")
 
 #: Case numbers carry the origin's date in China Standard Time (UTC+8, no daylight saving).
-CHINA_TIME = datetime.timezone(datetime.timedelta(hours=8), "CST")
+CHINA_TIME = BEIJING
 
 _NUMBER = re.compile(r"([0-9]+)-([0-9]{8})-([0-9]{4,})")
 _APPLICANT_KEY = re.compile(r"[0-9a-f]{64}")

@@ -1,6 +1,5 @@
 """The ``tongban`` command."""
 
-import datetime
 import getpass
 import json
 import logging
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from shared import clock
 from shared import config as cfg
 from shared.errors import ConfigurationError
 
@@ -291,7 +291,7 @@ def user_add(node_dir, name, roles, scope, full_name, office_phone, department):
     password = _read_password()
     Account.create(username=name, password_hash=hash_password(password),
                    roles=",".join(dict.fromkeys(roles)), scope=scope,
-                   created=datetime.datetime.now(datetime.timezone.utc),
+                   created=clock.utcnow(),
                    full_name=full_name.strip(), office_phone=office_phone.strip(),
                    department=department.strip())
     app.extensions["store"].close()
@@ -303,28 +303,46 @@ def user_add(node_dir, name, roles, scope, full_name, office_phone, department):
 @click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(node_dir, as_json):
-    """Print the node's tier, code, name, parent and store figures."""
+    """Print the node's tier, code, name, parent, clock and store figures (times in
+    Beijing time)."""
     from shared.views.home import node_summary
 
     app = load_app(node_dir)
     summary = node_summary(app)
+    app.extensions["store"].close()
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
         return
-    for key in ("tier", "code", "name", "parent", "doc_count", "update_seq"):
+    for key in ("tier", "code", "name", "parent"):
+        click.echo(f"{key:12} {summary[key] if summary[key] is not None else '-'}")
+    click.echo(f"{'clock':12} {format_clock()}")
+    for key in ("doc_count", "update_seq"):
         click.echo(f"{key:12} {summary[key] if summary[key] is not None else '-'}")
     for doc_type, count in summary["docs_by_type"].items():
         click.echo(f"{'type ' + doc_type:12} {count}")
     click.echo(f"{'catalog':12} {format_catalog(summary['catalog'])}")
 
 
+def format_clock():
+    """The node's clock now, e.g. ``2026-12-04 17:50:12（北京时间）``, and its skew if any."""
+    line = clock.format_time(clock.time(), seconds=True)
+    skew = clock.skew()
+    if skew:
+        line += f", shifted {skew:+.0f} s by {clock.SKEW_ENV}"
+    return line
+
+
 def format_catalog(catalog):
-    """One line about the catalog in force, e.g. ``release 2 active, 25 items (已生效)``."""
+    """One line about the catalog in force, e.g. ``release 2 active, 25 items (已生效),
+    published 2026-12-04 17:50（北京时间）``."""
     if catalog["release"] is None:
         line = f"no release active ({catalog['state_name']})"
     else:
         line = f"release {catalog['release']} active, {catalog['items']} items " \
                f"({catalog['state_name']})"
+        published = clock.format_time(catalog.get("time"))
+        if published:
+            line += f", published {published}"
     if catalog["state"] not in ("ok", "none") and catalog["message"]:
         line += f": {catalog['message']}"
     return line
@@ -394,11 +412,25 @@ def replicate(source, target, continuous, doc_ids, batch_size):
 @click.option("--timeout", default=180.0, show_default=True,
               help="Seconds to wait for the catalog (and then the revision) to reach every "
                    "node.")
-def demo(base_dir, base_port, exit_when_synced, timeout):
+@click.option("--clock", "clock_at", metavar="DATE",
+              help="Run the whole region as if it were DATE (YYYY-MM-DD, 09:00 Beijing time, "
+                   "or an ISO date and time): sets TONGBAN_CLOCK_SKEW_SECONDS for every node.")
+def demo(base_dir, base_port, exit_when_synced, timeout, clock_at):
     """Run a sample region: 1 county, 2 townships, 4 villages, each enrolled through its
     parent and running its own serve and syncd."""
+    import os
+
+    from shared import clock
     from shared.demo import run_demo
 
+    if clock_at:
+        try:
+            os.environ[clock.SKEW_ENV] = repr(clock.skew_for(clock_at))
+        except ValueError:
+            _fail(f"--clock {clock_at!r}: 请写成 2027-03-02 或 2027-03-02T09:00:00+08:00 "
+                  "(a date, or an ISO date and time)")
+        click.echo(f"时钟：全区节点按 {clock.format_time(clock.time())} 运行 "
+                   f"(clock set to {clock_at})")
     try:
         run_demo(base_dir, base_port, exit_when_synced=exit_when_synced, timeout=timeout)
     except RuntimeError as exc:
@@ -507,20 +539,26 @@ def catalog_export(node_dir, file, published):
 @click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def catalog_status(node_dir, as_json):
-    """The release in force, its item count and the verification state."""
+    """The release in force, its item count, the verification state and the working-day
+    calendar's alarms (times in Beijing time; ``--json`` keeps the stored values)."""
     from shared.catalog.active import catalog_status as status_of
-    from shared.syncstatus import format_time
+    from shared.syncstatus import calendar_lines, calendar_report, format_time
 
     app = load_app(node_dir)
     store = app.extensions["store"]
-    status = status_of(store.db)
-    store.close()
+    try:
+        status = status_of(store.db)
+        status["calendar"] = calendar_report(store.db)
+    finally:
+        store.close()
     if as_json:
         click.echo(json.dumps(status, ensure_ascii=False, indent=2))
         return
     active = status["active"]
     if active:
-        click.echo(f"release      {active['number']} ({active['time']}), key {active['key_id']}")
+        click.echo(f"release      {active['number']} (published "
+                   f"{clock.format_time(active['time']) or active['time']}), "
+                   f"key {active['key_id']}")
         click.echo(f"items        {active['item_count']} items, {active['agency_count']} agencies")
         click.echo(f"activated    {format_time(active['activated_at'])}")
     else:
@@ -528,6 +566,8 @@ def catalog_status(node_dir, as_json):
     click.echo(f"verification {status['state']} ({status['state_name']}): {status['message']}")
     for alarm in status["alarms"]:
         click.echo(f"alarm        {format_time(alarm['at'])} {alarm['message']}")
+    for line in calendar_lines(status["calendar"]):
+        click.echo(line)
 
 
 @main.group()

@@ -20,7 +20,6 @@ nodes' ``/db`` for its progress display (passwords in ``demo-secrets.json``, mod
 """
 
 import concurrent.futures
-import datetime
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 import click
 import requests
 
+from shared import clock
 from shared import config as cfg
 from shared import democase
 
@@ -260,7 +260,7 @@ def revise_catalog(county):
     try:
         item = publish.working_record(store.db, "item", REVISED_ITEM)
         item["name"] = item["name"].removesuffix(REVISION_SUFFIX) + REVISION_SUFFIX
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        stamp = clock.format_time(clock.time(), seconds=True)
         item["notes"] = f"示范修订于 {stamp}"
         publish.save_draft(store.db, "item", item, EDITOR)
         proposal = publish.propose(store.db, EDITOR, note="示范：修订一个事项")

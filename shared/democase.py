@@ -1,9 +1,11 @@
 """The demo's case: staff accounts at every node and one application taken all the way.
 
-A clerk at a village accepts a 就业登记 application at the window, exactly as the browser
-would (the window's form, CSRF tokens, uploaded scans); the case replicates to the
-township that decides it, whose approver approves it; the decision comes back and the
-clerk hands the result over. Everything goes through the nodes' own pages over HTTP.
+A clerk at a village accepts a 低保 (minimum living allowance) application at the window,
+exactly as the browser would (the window's form, CSRF tokens, uploaded scans); the case
+replicates to the township that decides it, whose approver approves it; the decision comes
+back and the clerk hands the result over. Everything goes through the nodes' own pages
+over HTTP. The item's 13-working-day limit gives the case a due date, shown as the case
+page shows it (暂定 when it runs into a year whose holidays are not published yet).
 """
 
 import logging
@@ -15,8 +17,9 @@ import requests
 
 logger = logging.getLogger(__name__)
 
-#: The demo case's item: decided by the township at one level.
-CASE_ITEM = "GD-LS-16"
+#: The demo case's item: decided by the township at one level, 13 working days.
+CASE_ITEM = "GD-LS-04"
+_DUE = re.compile(r'id="due-date">([0-9-]+)</span>(<span class="provisional"[^>]*title="([^"]*)")?')
 #: A demo citizen (a valid resident ID number of Haifeng, born 1990-05-12).
 CASE_CITIZEN = "441521199005122318"
 #: Staff per tier: (username, role, full name, office phone).
@@ -77,6 +80,12 @@ class StaffSession:
                                f"{message.group(1).strip() if message else answer.text[:200]}")
         return answer.headers["Location"]
 
+    def due(self, number):
+        """``(due date, provisional reason or "")`` as the case page shows it, or None."""
+        page = self.http.get(f"{self.url}/cases/{number}", timeout=10)
+        found = _DUE.search(page.text) if page.status_code == 200 else None
+        return (found.group(1), found.group(3) or "") if found else None
+
     def status(self, number):
         """The case's status as its page shows it (None when the node does not hold it)."""
         page = self.http.get(f"{self.url}/cases/{number}", timeout=10)
@@ -130,12 +139,16 @@ def run_case(village, township, known, echo, timeout=60.0):
     started = time.monotonic()
     number = accept_at_window(clerk, village.code)
     echo(f"  {village.label}: 窗口受理 / accepted case {number} ({CASE_ITEM})")
+    due = clerk.due(number)
+    if due:
+        mark = f"（暂定：{due[1]}）/ provisional" if due[1] else ""
+        echo(f"  {village.label}: 办结期限 / due {due[0]}{mark}")
     _wait("the case reaches the township", lambda: approver.status(number) == "handling",
           timeout)
     to_township = time.monotonic() - started
     echo(f"  {township.label}: 进入审批队列 / in the approver's queue after "
          f"{to_township:.1f} s")
-    approver.post(f"/cases/{number}/approve", {"result": "准予就业登记"})
+    approver.post(f"/cases/{number}/approve", {"result": "准予纳入最低生活保障"})
     decided = time.monotonic()
     _wait("the decision reaches the village", lambda: clerk.status(number) == "ready",
           timeout)

@@ -25,12 +25,10 @@ persisted clock there for good.
 """
 
 import logging
-import os
 import re
-import time
 from typing import NamedTuple
 
-from shared import errors
+from shared import clock, errors
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +39,8 @@ MAX_COUNTER = 10 ** COUNTER_DIGITS - 1
 
 #: The meta-table key holding the last timestamp this node issued or observed.
 META_KEY = "hlc"
-#: Test hook: seconds added to this process's wall clock (a node whose clock is off).
-SKEW_ENV = "TONGBAN_CLOCK_SKEW_SECONDS"
+#: Seconds added to this process's wall clock (see :mod:`shared.clock`).
+SKEW_ENV = clock.SKEW_ENV
 #: Seconds a received timestamp may be ahead of the local clock before a warning.
 DEFAULT_MAX_DRIFT = 3600.0
 #: Seconds ahead beyond which a received timestamp is refused as corrupt.
@@ -119,15 +117,14 @@ def wall_clock_from_env():
     whose clock is off by that many seconds (negative: behind). Unset means no skew.
     :raises ConfigurationError: the variable is not a number.
     """
-    raw = os.environ.get(SKEW_ENV, "").strip()
-    try:
-        skew = float(raw) if raw else 0.0
-    except ValueError:
-        raise errors.ConfigurationError(f"{SKEW_ENV} must be a number of seconds, not {raw!r}")
-    if skew == 0.0:
-        return time.time
-    logger.warning("wall clock skewed by %+.0f s (%s)", skew, SKEW_ENV)
-    return lambda: time.time() + skew
+    skew = clock.skew()
+    if skew and skew not in _SKEWS_TOLD:
+        _SKEWS_TOLD.add(skew)  # once a process: every store and desk asks
+        logger.warning("wall clock skewed by %+.0f s (%s)", skew, SKEW_ENV)
+    return clock.time
+
+
+_SKEWS_TOLD = set()
 
 
 class HLC:

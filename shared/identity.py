@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import threading
-import time
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared import errors
+from shared.clock import time as clock_time
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class RequestVerifier:
     :param clock: unix seconds (injectable for tests).
     """
 
-    def __init__(self, clock=time.time, window=WINDOW_SECONDS, nonces=None):
+    def __init__(self, clock=clock_time, window=WINDOW_SECONDS, nonces=None):
         self.clock = clock
         self.window = window
         self.nonces = nonces or NonceCache(ttl=2 * window)
@@ -290,7 +290,7 @@ class RequestSigner:
     :param clock: unix seconds (the node's own clock, possibly wrong).
     """
 
-    def __init__(self, code, private_key, clock=time.time):
+    def __init__(self, code, private_key, clock=clock_time):
         self.code = code
         self.private_key = private_key
         self.clock = clock

@@ -72,12 +72,8 @@ def node_clock(app=None):
     app = app or current_app
     clock = app.extensions.get("wall_clock")
     if clock is None:
-        try:
-            from shared.hlc import wall_clock_from_env
-            clock = wall_clock_from_env()
-        except ImportError:  # pragma: no cover - hlc lands with this issue
-            import time
-            clock = time.time
+        from shared.hlc import wall_clock_from_env
+        clock = wall_clock_from_env()
         app.extensions["wall_clock"] = clock
     return clock
 

@@ -15,6 +15,7 @@ import logging
 import os
 from collections import namedtuple
 
+from shared import clock
 from shared import config as cfg
 from shared import errors, identity
 
@@ -34,7 +35,7 @@ NodeEntry = namedtuple("NodeEntry", "code tier parent name public_key status ver
 
 def utcnow():
     """The current UTC time, timezone-aware."""
-    return datetime.datetime.now(datetime.timezone.utc)
+    return clock.utcnow()
 
 
 def _iso(moment):

@@ -21,7 +21,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from flask import (Blueprint, current_app, g, has_request_context, redirect, render_template,
                    render_template_string, request, url_for)
@@ -29,6 +29,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from markupsafe import Markup, escape
 from peewee import CharField, DateTimeField, IntegerField
 
+from shared import clock
 from shared import models
 from shared.db import database
 from shared.errors import ConfigurationError, TongbanError
@@ -77,7 +78,7 @@ MESSAGE_PAGE = """{% extends "base.html" %}
 
 def now():
     """The current time as a naive UTC datetime (tests replace this function)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return clock.utcnow().replace(tzinfo=None)
 
 
 def hash_token(token):

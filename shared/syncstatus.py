@@ -10,8 +10,13 @@ Two things live here, both on the node's own SQLite store:
   sign of life); they replicate up, so a township and the county see how every node
   below them syncs.
 
-Times are unix seconds in the table and ISO 8601 UTC strings in documents. Plain words
-for people are Chinese; states and error kinds are English identifiers.
+Times are unix seconds in the table and ISO 8601 UTC strings in documents; every time a
+person reads is Beijing time and says so (:func:`format_time`, :func:`shared.clock.format_time`).
+Plain words for people are Chinese; states and error kinds are English identifiers.
+
+The report also carries the working-day calendar's alarms (:func:`calendar_report`): that
+next year's holidays are not published yet, and how many cases in handling have a
+provisional (暂定) due date.
 
 This module must not import ``syncd``: serve reads what syncd writes.
 """
@@ -19,7 +24,8 @@ This module must not import ``syncd``: serve reads what syncd writes.
 import datetime
 import json
 import logging
-import time
+
+from shared import clock
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +162,23 @@ def describe_error(kind, link="parent"):
 
 
 def format_time(ts):
-    """Local wall-clock time of unix seconds ``ts`` (``-`` when None)."""
+    """Unix seconds ``ts`` in Beijing time, labelled: ``2026-12-04 17:50:12（北京时间）``
+    (``-`` when None)."""
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return clock.format_time(ts, seconds=True) or "-"
+
+
+def format_time_ago(ts, now):
+    """``2026-12-04 17:50:12（北京时间，5 分钟前）``: a past time and how long ago."""
+    shown = clock.format_time(ts, seconds=True, label=False)
+    return f"{shown}（{clock.LABEL}，{ago(ts, now)}）" if shown else "-"
+
+
+def format_time_in(ts, now):
+    """``2026-12-04 17:50:12（北京时间，5 分钟后）``: a time to come and how soon."""
+    shown = clock.format_time(ts, seconds=True, label=False)
+    return f"{shown}（{clock.LABEL}，{format_duration(ts - now)}后）" if shown else "-"
 
 
 def format_duration(seconds):
@@ -187,7 +206,7 @@ def link_view(row, now=None):
     :returns: the row plus ``peer_label``, ``state_label``, ``message``, ``offline``,
         ``stale`` (syncd is not running) and formatted times.
     """
-    now = time.time() if now is None else now
+    now = clock.time() if now is None else now
     view = dict(row)
     stale = row["state"] != "stopped" and now - (row.get("updated") or 0) > STALE_AFTER
     view["stale"] = stale
@@ -198,12 +217,10 @@ def link_view(row, now=None):
         row["state"], row["state"])
     view["message"] = describe_error(row.get("error_kind"), row["link"])
     success = row.get("last_success")
-    view["last_success_text"] = (f"{format_time(success)}（{ago(success, now)}）"
-                                 if success else "从未成功")
+    view["last_success_text"] = format_time_ago(success, now) if success else "从未成功"
     view["last_attempt_text"] = format_time(row.get("last_attempt"))
     retry = row.get("next_retry")
-    view["next_retry_text"] = (f"{format_time(retry)}（{format_duration(retry - now)}后）"
-                               if retry and retry > now else "-")
+    view["next_retry_text"] = format_time_in(retry, now) if retry and retry > now else "-"
     return view
 
 
@@ -329,7 +346,7 @@ def node_overview(store, own_code, now=None):
     Nodes come from the ``node_registry`` table when it exists, otherwise from the status
     documents this node holds; a registered node that never reported is listed too.
     """
-    now = time.time() if now is None else now
+    now = clock.time() if now is None else now
     _, rows = store.all_docs(startkey=STATUS_DOC_PREFIX, endkey=STATUS_DOC_PREFIX + "\ufff0",
                              include_docs=True)
     reports = {row["doc"].get("code"): row["doc"] for row in rows
@@ -353,8 +370,7 @@ def node_overview(store, own_code, now=None):
                 "state_label": STATE_LABELS.get(doc.get("state"), doc.get("state") or "-"),
                 "message": describe_error(doc.get("error_kind")),
                 "reported_at": reported_at,
-                "last_contact_text": f"{format_time(reported_at)}（{ago(reported_at, now)}）"
-                if reported_at else "-",
+                "last_contact_text": format_time_ago(reported_at, now) if reported_at else "-",
                 "last_success": last_success,
                 "lag": None if last_success is None else max(0.0, now - last_success),
                 "lag_text": "从未同步" if last_success is None
@@ -373,11 +389,65 @@ def node_overview(store, own_code, now=None):
     return result
 
 
+# -- the working-day calendar's alarms ---------------------------------------------------
+
+#: How many case numbers an alarm lists (the count is always complete).
+PROVISIONAL_LIST = 20
+
+
+#: Why a provisional due date is an alarm, after the count.
+PROVISIONAL_DETAIL = ("办理时限经过了尚未发布节假日安排的日期，暂按正常工作周（周一至周五）计算；"
+                      "县级在工作日历中录入该年安排并发布后，自动改为正式期限。")
+
+
+def provisional_message(count):
+    """``3 件在办件的办结期限为暂定：…`` ("" for none)."""
+    if not count:
+        return ""
+    return f"{count} 件在办件的办结期限为暂定：{PROVISIONAL_DETAIL}"
+
+
+def calendar_report(db, today=None):
+    """What every tier tells staff about the working-day calendar in force at ``db``.
+
+    :returns: ``{"warning": None | {"last_covered": "YYYY-MM-DD", "days_left": int,
+        "year": int, "message": str}, "provisional": count, "provisional_numbers": [at most
+        20], "provisional_message": str, "provisional_detail": str}`` (JSON-ready: dates
+        are ISO strings).
+    """
+    from shared import workdays
+    from shared.cases.index import provisional_cases
+
+    calendar = workdays.calendar_from_db(db)
+    warning = workdays.coverage_warning(calendar, today or clock.today())
+    if warning is not None:
+        warning = dict(warning, last_covered=warning["last_covered"].isoformat())
+    count, numbers = provisional_cases(db, calendar, limit=PROVISIONAL_LIST)
+    return {"warning": warning, "provisional": count, "provisional_numbers": numbers,
+            "provisional_message": provisional_message(count),
+            "provisional_detail": PROVISIONAL_DETAIL if count else ""}
+
+
+def calendar_lines(report):
+    """The calendar report as lines of CLI text (none when there is nothing to say)."""
+    lines = []
+    if report.get("warning"):
+        lines.append(f"calendar     WARNING: {report['warning']['message']}")
+    if report.get("provisional"):
+        numbers = report.get("provisional_numbers") or []
+        lines.append(f"provisional  ALARM: {report['provisional_message']}")
+        shown = "、".join(numbers)
+        if len(numbers) < report["provisional"]:
+            shown += f" …（仅列出前 {len(numbers)} 件）"
+        lines.append(f"  cases      {shown}")
+    return lines
+
+
 # -- the report the page and the CLI show ------------------------------------------------
 
 def status_report(store, config, now=None):
     """Links, the banner's summary and the nodes below this one, for page and CLI."""
-    now = time.time() if now is None else now
+    now = clock.time() if now is None else now
     links = [link_view(row, now) for row in LinkStatusTable(store.db).all()]
     return {
         "code": config.get("NODE_CODE"),
@@ -388,12 +458,13 @@ def status_report(store, config, now=None):
         "summary": overall(links),
         "nodes": node_overview(store, config.get("NODE_CODE"), now),
         "catalog": catalog_report(store.db),
+        "calendar": calendar_report(store.db),
     }
 
 
 def format_text(report):
-    """``tongban sync status`` as lines of text."""
-    lines = []
+    """``tongban sync status`` as lines of text (times in Beijing time, labelled)."""
+    lines = [f"clock     {format_time(report.get('now'))}"]
     if not report["links"]:
         lines.append("no sync links have run yet"
                      if report["has_parent"] else "no links: this node has no parent or upstream")
@@ -416,6 +487,7 @@ def format_text(report):
                  + (f": {catalog['message']}" if catalog.get("message") else ""))
     if catalog.get("alarm"):
         lines.append(f"  alarm          {catalog['alarm']}")
+    lines += calendar_lines(report.get("calendar") or {})
     if report["nodes"]:
         lines.append("nodes below:")
         for node in report["nodes"]:

@@ -26,10 +26,10 @@ after each, the link's row in ``sync_link`` (``shared.syncstatus``) says how it 
 import logging
 import random
 import threading
-import time
 import urllib.parse
 
 from shared import errors, syncstatus
+from shared.clock import time as clock_time
 from syncd.peers import HttpPeer, LocalPeer
 from syncd.replicator import STAT_KEYS, replicate, replication_id
 
@@ -96,7 +96,7 @@ def parent_db_url(url):
     return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
-def make_signer(config, clock=time.time):
+def make_signer(config, clock=clock_time):
     """The node's request signer when its directory holds its key, else None.
 
     :param clock: the node's wall clock (the signer corrects it by the parent's time).
@@ -228,7 +228,7 @@ class SyncDaemon:
     :raises ConfigurationError: invalid settings.
     """
 
-    def __init__(self, config, store, *, clock=time.time, rng=random.random,
+    def __init__(self, config, store, *, clock=clock_time, rng=random.random,
                  stop_event=None, app=None):
         self.config = config
         self.options = settings(config)

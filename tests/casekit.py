@@ -8,7 +8,7 @@ stations at will. Real processes and scopes are covered by the browser and sync 
 import datetime
 import os
 
-from shared import identity, registry
+from shared import clock, identity, registry
 from shared.casedocs import CHINA_TIME
 from shared.cases import idnumbers
 from shared.cases.blobs import BlobStore
@@ -16,7 +16,7 @@ from shared.cases.scans import scan_key
 from shared.cases.desk import Actor, ApplicantInput, CaseDesk
 from shared.catalog import publish, sample
 from shared.hlc import ClockObserver, NodeClock
-from shared.workdays import WorkCalendar
+from shared.workdays import WorkCalendar, calendar_from_db
 from tests.conftest import add_account, make_app, make_county
 
 COUNTY, TOWNSHIP = "441521", "441521101"
@@ -28,6 +28,12 @@ NAMES = {COUNTY: "海丰县", TOWNSHIP: "海城镇", VILLAGE_A: "东门村", VIL
 #: A person born 1950-03-01 in Haifeng (their check digit computed, so always valid).
 CITIZEN = idnumbers.make_resident_id("441521", datetime.date(1950, 3, 1), 123)
 AGENT = idnumbers.make_resident_id("441521", datetime.date(1985, 7, 9), 456)
+#: 残疾人证新办: promised 20 working days, reviewed at the township, decided at the county.
+DISABILITY_CARD = "GD-LS-09"
+#: The county's 2027 arrangement as tests publish it: New Year's Day off, the rest of 2027
+#: the ordinary week (the holiday package ends with 2026).
+YEAR_2027 = [{"date": "2027-01-01", "workday": False, "reason": "元旦"},
+             {"year": 2027, "reason": "国办发明电〔2026〕1号"}]
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
 
@@ -85,7 +91,7 @@ class Kit:
         self.desks = {code: CaseDesk(self.store(code), app.config, self.region_key,
                                      blobs=BlobStore(base / code / "blobs",
                                                      key=scan_key(self.region_key)),
-                                     calendar=self.calendar,
+                                     calendar=calendar_from_db(self.store(code).db),
                                      clock=NodeClock(self.store(code), wall_clock))
                       for code, app in self.apps.items()}
         self.sync()
@@ -128,14 +134,22 @@ class Kit:
 
 class FrozenClock:
     """The time every node's clock reads (``Kit(wall_clock=…)``); ``at(day, hour)`` moves
-    it to that hour, China time."""
+    it to that hour, China time.
 
-    def __init__(self, day):
+    :param env: a pytest ``monkeypatch``: the node clock (``shared.clock``: pages, "today",
+        node processes started meanwhile) is moved there too, so one time holds.
+    """
+
+    def __init__(self, day, env=None):
+        self.env = env
         self.at(day)
 
     def at(self, day, hour=10):
         self.now = datetime.datetime(day.year, day.month, day.day, hour,
                                      tzinfo=CHINA_TIME).timestamp()
+        if self.env is not None:
+            self.env.setenv(clock.SKEW_ENV, repr(clock.skew_for(
+                datetime.datetime.fromtimestamp(self.now, CHINA_TIME))))
 
     def __call__(self):
         return self.now

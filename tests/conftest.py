@@ -1,15 +1,50 @@
-"""Fixtures: a county node on a tmp_path database, its test client, a replicator account."""
+"""Fixtures: a county node on a tmp_path database, its test client, a replicator account.
+
+The clock: no test depends on the day it runs. Every test runs with the node clock
+(``shared.clock``, ``TONGBAN_CLOCK_SKEW_SECONDS``) set to :data:`DEFAULT_TEST_CLOCK`, or to
+``TONGBAN_TEST_CLOCK`` when given (CI runs the time-sensitive tests again at 2027-03-01 and
+2031-06-15); the setting is in the environment, so every node process a test starts runs at
+the same time as the test itself. A test that wants the machine's real clock says so with
+``@pytest.mark.real_clock``.
+"""
 
 import base64
-from datetime import datetime, timezone
+import os
 
 import pytest
 
+from shared import clock
 from shared.app import create_app
 from shared.models import Account, hash_password
 from shared.store.store import Store
 
 REPLICATOR = ("replicator", "sync-secret-123")
+#: The time the suite runs at unless ``TONGBAN_TEST_CLOCK`` says otherwise: a Monday morning
+#: in a year the holiday package covers.
+DEFAULT_TEST_CLOCK = "2026-06-15T10:00:00+08:00"
+TEST_CLOCK_ENV = "TONGBAN_TEST_CLOCK"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_clock: runs on the machine's real clock")
+    target = os.environ.get(TEST_CLOCK_ENV, "").strip() or DEFAULT_TEST_CLOCK
+    os.environ[clock.SKEW_ENV] = repr(clock.skew_for(target))
+
+
+def pytest_report_header(config):
+    return f"node clock: {clock.format_time(clock.time())} (set {TEST_CLOCK_ENV} to move it)"
+
+
+@pytest.fixture(autouse=True)
+def _test_clock(request, monkeypatch):
+    """The real clock for tests marked ``real_clock``; the suite's clock for the others."""
+    if request.node.get_closest_marker("real_clock"):
+        monkeypatch.delenv(clock.SKEW_ENV, raising=False)
+
+
+def skewed_env(seconds):
+    """The environment of a node process whose clock is ``seconds`` off the suite's."""
+    return {clock.SKEW_ENV: repr(clock.skew() + seconds)}
 
 
 def make_app(path, **overrides):
@@ -45,8 +80,21 @@ def add_account(app, username, password, roles=("replicator",), **fields):
         # Several apps may live in one test: bind the models to this one's store.
         dbmod.database.initialize(app.extensions["store"].db)
         return Account.create(username=username, password_hash=hash_password(password),
-                              roles=",".join(roles), created=datetime.now(timezone.utc),
+                              roles=",".join(roles), created=clock.utcnow(),
                               **fields)
+
+
+def staff_login(app, username, password):
+    """A test client logged in as staff ``username`` at ``app``'s node."""
+    import re
+
+    browser = app.test_client()
+    page = browser.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    response = browser.post("/login", data={"username": username, "password": password,
+                                            "csrf_token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return browser
 
 
 def basic_auth(username, password):
@@ -98,11 +146,12 @@ def stores(tmp_path):
 
 
 @pytest.fixture
-def frozen():
+def frozen(monkeypatch):
     """A frozen clock for ``casekit.Kit(wall_clock=frozen)``, at 13 February 2026 (the
-    Friday before Spring Festival); tests move it with ``frozen.at(day)``."""
+    Friday before Spring Festival); tests move it with ``frozen.at(day)``, and the node
+    clock (pages, "today", node processes started meanwhile) follows it."""
     from datetime import date
 
     from tests.casekit import FrozenClock
 
-    return FrozenClock(date(2026, 2, 13))
+    return FrozenClock(date(2026, 2, 13), env=monkeypatch)

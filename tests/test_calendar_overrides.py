@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from shared import identity
+from shared import clock, identity
 from shared.casedocs import CHINA_TIME
 from shared.catalog import active, publish, release as rel, schema
 from shared.catalog import calendar as cal
 from shared.catalog.sample import sample_catalog
-from shared.workdays import CalendarGap, calendar_from_db, package_years
+from shared.workdays import calendar_from_db, package_years
 from tests.casekit import TOWNSHIP, VILLAGE_A, Kit, applicant, clerk, full_materials
 from tests.conftest import add_account, make_app, make_county
 
@@ -94,8 +94,8 @@ def test_a_published_calendar_covers_days_the_package_does_not_at_the_village(co
     assert doc["overrides"][0] == {"date": "2031-05-01", "workday": False, "reason": "劳动节"}
 
     calendar = calendar_from_db(db_of(village))
-    with pytest.raises(CalendarGap):  # nothing received yet: a clear error, not a guess
-        calendar.is_workday(D(2031, 5, 6))
+    # Nothing received yet: the ordinary week, and not covered (a due date is 暂定).
+    assert calendar.is_workday(D(2031, 5, 1)) and not calendar.covers(D(2031, 5, 1))
     copy_docs(county, village)
     assert active.active_number(db_of(village)) == 1
     # The same calendar object follows the activation (a desk needs no restart).
@@ -107,9 +107,8 @@ def test_a_published_calendar_covers_days_the_package_does_not_at_the_village(co
     assert calendar.add_workdays(D(2031, 5, 9), 1) == D(2031, 5, 10)
     # 2032 is not complete: only the listed day is known.
     assert not calendar.is_workday(D(2032, 1, 1))
-    with pytest.raises(CalendarGap) as gap:
-        calendar.is_workday(D(2032, 1, 2))
-    assert "请县级管理员在工作日历中补充该日期" in gap.value.message
+    assert calendar.covers(D(2032, 1, 1)) and not calendar.covers(D(2032, 1, 2))
+    assert calendar.covers(D(2031, 5, 6))
     # The package still answers for the years it covers.
     assert calendar.is_workday(D(2026, 2, 14)) and not calendar.is_workday(D(2026, 2, 16))
 
@@ -122,8 +121,8 @@ def test_a_release_without_overrides_clears_them_at_the_village(county, village)
     copy_docs(county, village)
     assert active.active_number(db_of(village)) == 2
     assert active.calendar_entries(db_of(village)) == []
-    with pytest.raises(CalendarGap):
-        calendar_from_db(db_of(village)).is_workday(D(2031, 5, 1))
+    assert calendar_from_db(db_of(village)).is_workday(D(2031, 5, 1))  # ordinary Thursday
+    assert not calendar_from_db(db_of(village)).covers(D(2031, 5, 1))
 
 
 def test_a_tampered_calendar_document_is_refused_and_the_last_good_release_stays(
@@ -329,17 +328,19 @@ def test_the_calendar_page_drafts_imports_and_reports_bad_lines(county):
     page = editor.get("/admin/calendar/").get_data(as_text=True)
     first, last = package_years()
     assert f"覆盖 {first}—{last} 年" in page
-    next_year = D.today().year + 1
+    next_year = clock.today().year + 1
     assert next_year > last  # the installed package data ends before next year
     assert f"本县也没有发布 {next_year} 年的调整" in page
 
     bad = editor.post("/admin/calendar/import", data={
         "csrf_token": token(editor),
-        "text": f"{next_year}-01-01 休 元旦\n{next_year}-02-30 休 春节\n{next_year}-02-07 上 班"})
+        "text": f"{next_year}-01-01 休 元旦\n{next_year}-02-30 休 春节\n{next_year}-02-07 上 班\n"
+                f"{next_year}-01-01 休 元旦"})
     assert bad.status_code == 422
     html = bad.get_data(as_text=True)
-    assert "有 2 处问题，没有做任何改动" in html
+    assert "有 3 处问题，没有做任何改动" in html
     assert "第 2 行" in html and "不存在" in html and "第 3 行" in html
+    assert "第 4 行" in html and "与第 1 行重复" in html  # a day listed twice
     assert f"{next_year}-02-30 休 春节" in html  # the input is kept to be corrected
     assert publish.calendar_diff(db) == []  # nothing changed
 
@@ -373,7 +374,8 @@ def test_the_calendar_page_drafts_imports_and_reports_bad_lines(county):
     assert f"本县也没有发布 {next_year} 年的调整" not in page
     assert f"{next_year}-02-07 班 春节调休" in page  # the published lines, to copy
     assert not calendar_from_db(db).is_workday(D(2026, 3, 4))
-    assert calendar_from_db(db).is_workday(D(next_year, 2, 8))  # an ordinary day, complete year
+    monday = next(D(next_year, 2, d) for d in range(8, 15) if D(next_year, 2, d).weekday() == 0)
+    assert calendar_from_db(db).is_workday(monday)  # an ordinary day of a complete year
 
 
 def test_removing_an_entry_on_the_page_is_a_draft_too(county):

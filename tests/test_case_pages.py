@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from shared.casedocs import CHINA_TIME
+from shared import clock
 from shared.cases import appointments, supervision
 from shared.cases import fold as F
 from shared.cases.index import state_of
@@ -662,7 +662,7 @@ def test_find_offers_a_requery_for_cases_not_yet_here(kit):
 def test_work_list_links_home_and_appointments_and_counts_todays_bookings(kit):
     app = kit.apps[VILLAGE_A]
     db = kit.store(VILLAGE_A).db
-    today = datetime.datetime.now(CHINA_TIME).date()
+    today = clock.today()
     morning = datetime.datetime.combine(today, datetime.time(0, 1))
     slot = appointments.publish_slots(db, today, "23:00", "23:30", 30, 5, by="clerk-a",
                                       now=morning)[0]
@@ -766,6 +766,7 @@ def test_a_red_card_shows_on_the_case_and_in_the_supervisors_list(fkit, frozen):
     supervisor = login(fkit, TOWNSHIP, "super-t")
     assert 'id="table-red_cards"' not in text(supervisor.get("/cases/"))  # yellow only
     assert sweep_at(fkit, frozen, D(2026, 2, 28)) == [(number, "red")]
+    supervisor = login(fkit, TOWNSHIP, "super-t")  # days later: a new session
     page = text(supervisor.get(f"/cases/{number}"))
     cards = block(page, "cards")
     rows = re.findall(r'class="card-row" data-card="(\w+)"', cards)
@@ -841,6 +842,7 @@ def test_an_extension_through_the_page_moves_the_due_date_and_drops_the_card(fki
     approver = login(fkit, TOWNSHIP, "approver-t")
     assert shown_due(approver, number) == "2026-10-10"  # 29, 30 Sep; 8, 9, 10 Oct
     frozen.at(D(2026, 10, 8))
+    approver = login(fkit, TOWNSHIP, "approver-t")  # days later: a new session
     fkit.desk(TOWNSHIP).issue_card(number, "yellow", "2026-10-10", 2)
     row = text(approver.get("/cases/"))
     row = row[row.index(f'data-number="{number}"'):]
@@ -882,6 +884,7 @@ def test_a_clock_stop_through_the_page_pauses_and_resumes_the_due_date(fkit, fro
     options = re.findall(r'<option value="([^"]*)">', form)
     assert options == ["", "受理前家庭经济状况信息核对（2个工作日）", "公示期7日", "其他"]
     frozen.at(D(2026, 9, 29))
+    approver = login(fkit, TOWNSHIP, "approver-t")  # the next day: a new session
     for data, message in (({"reason": "其他", "other": " "}, "暂停计时须写明环节"),
                           ({"reason": ""}, "暂停计时须写明环节"),
                           ({"reason": "打麻将"}, "请从列表中选择暂停计时的环节")):
@@ -902,6 +905,7 @@ def test_a_clock_stop_through_the_page_pauses_and_resumes_the_due_date(fkit, fro
     row = queue[queue.index(f'data-number="{number}"'):]
     assert "计时已暂停（专家评审）" in row[:row.index("</tr>")]
     frozen.at(D(2026, 10, 12))
+    approver = login(fkit, TOWNSHIP, "approver-t")
     resumed = approver.post(f"/cases/{number}/resume_clock",
                             data={"csrf_token": csrf(approver)})
     assert resumed.status_code == 302

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from shared import clock
 from shared.cases import fold as F
 from shared.cases.desk import CaseError
 from shared.cases.index import licences_of, queue
@@ -225,7 +226,7 @@ def test_an_issued_certificate_is_used_instead_of_a_copy_later(kit):
     kit.sync()
     kit.desk(TOWNSHIP).forward(number, approver())
     kit.sync()
-    valid = (datetime.date.today() + datetime.timedelta(days=3650)).isoformat()
+    valid = (clock.today() + datetime.timedelta(days=3650)).isoformat()
     kit.desk(COUNTY).approve(number, approver(), "核发残疾人证", licence={
         "name": "残疾人证", "number": "44152119500301123X11", "valid_until": valid})
     kit.sync()

@@ -162,7 +162,7 @@ def _info_of(node_dirs):
     return dict(zip((d.name for d in node_dirs), infos))
 
 
-def _demo(region, base_port):
+def _demo(region, base_port, *extra):
     """``tongban demo --exit-when-synced`` in a subprocess: ``(returncode, stdout, stderr)``.
 
     On time-out the demo gets SIGTERM, on which it stops its nodes before exiting.
@@ -171,7 +171,7 @@ def _demo(region, base_port):
 
     process = subprocess.Popen(
         [*TONGBAN, "demo", "--dir", str(region), "--base-port", str(base_port),
-         "--exit-when-synced"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--exit-when-synced", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = process.communicate(timeout=400)
     except subprocess.TimeoutExpired:
@@ -202,7 +202,8 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
         assert info["catalog"]["release"] == 2 and info["catalog"]["items"] == 25, name
         assert info["catalog"]["state"] == "ok", name
     # One case went the whole way through the nodes' pages, and says so.
-    assert re.search(r"accepted case \d{12}-\d{8}-\d{4} \(GD-LS-16\)", stdout), stdout
+    assert re.search(r"accepted case \d{12}-\d{8}-\d{4} \(GD-LS-04\)", stdout), stdout
+    assert re.search(r"due \d{4}-\d{2}-\d{2}\n", stdout), stdout  # 2026: not provisional
     assert "in the approver's queue after" in stdout and "delivered; the case took" in stdout
     # The demo printed what tongban info says, for every node.
     assert stdout.count("release 2 active, 25 items (已生效)") == 7
@@ -221,10 +222,24 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
     assert again.count("reused ") == 7 and again.count("release 3 verified and active") == 7
     assert again.count("release 3 active, 25 items (已生效)") == 7
     # The staff accounts are reused and a second case is numbered after the first.
-    assert re.search(r"accepted case \d{12}-\d{8}-0002 \(GD-LS-16\)", again), again
+    assert re.search(r"accepted case \d{12}-\d{8}-0002 \(GD-LS-04\)", again), again
     # Nothing is left running: every port is free and no process names the region.
     assert all(port_free(base_port + offset) for offset in range(7))
     assert _region_processes(region) == []
+
+
+def test_the_demo_runs_in_a_year_whose_holidays_are_not_published(tmp_path):
+    # Every node of the region runs on 2 March 2027 (the package ends with 2026): the case
+    # goes the whole way and its due date says it is provisional.
+    base_port = free_port_block(7)
+    returncode, stdout, stderr = _demo(tmp_path / "region", base_port, "--clock", "2027-03-02")
+    assert returncode == 0, stdout + stderr
+    assert "2027-03-02 09:" in stdout  # the clock line
+    assert re.search(r"accepted case \d{12}-20270302-0001 \(GD-LS-04\)", stdout), stdout
+    # 13 working days from Tuesday 2 March, counted as ordinary weeks.
+    assert "due 2027-03-19（暂定：2027 年节假日安排尚未发布" in stdout, stdout
+    assert "delivered; the case took" in stdout
+    assert _region_processes(tmp_path / "region") == []
 
 
 def test_commands_ignore_a_shared_folder_where_the_user_stands(tmp_path):

@@ -29,7 +29,7 @@ import time
 import pytest
 import requests
 
-from shared import casedocs
+from shared import casedocs, clock
 from shared.app import open_store
 from shared.config import load_config
 from shared.hlc import NodeClock, parse_hlc
@@ -38,6 +38,7 @@ from syncd.daemon import parent_db_url
 from syncd.peers import HttpPeer
 from syncd.replicator import replication_id
 from tests import nodeproc
+from tests.conftest import skewed_env
 from tests.faultproxy import FaultProxy
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def item(doc_id, n):
 
 def town_case(day, n):
     number = f"{TOWN}-{day}-{n:04d}"
-    hlc = f"{int(time.time() * 1000):015d}-{n % 100000:05d}"
+    hlc = f"{int(clock.time() * 1000):015d}-{n % 100000:05d}"
     return casedocs.case_header(number, "item:F00001", TOWN, TOWN, APPLICANT, hlc,
                                 note=FILLER)
 
@@ -669,7 +670,7 @@ class Region:
         node_dir = nodeproc.enrol_node(pair.county_dir, pair.town.url, self.base / code,
                                        "village", code, f"村 {code}")
         nodeproc.update_config(node_dir, **FAST_SYNC)
-        env = {"TONGBAN_CLOCK_SKEW_SECONDS": str(skew)}
+        env = skewed_env(skew)
         serve = nodeproc.start_serve(node_dir, env=env)
         syncd = nodeproc.start_syncd(node_dir, env=env)
         self.procs += [syncd, serve]
@@ -704,13 +705,13 @@ def test_a_village_a_day_off_still_orders_a_cases_events(region, code, skew):
     village_dir, village, syncd = region.village(code, skew)
 
     def village_clock():
-        return time.time() + skew
+        return clock.time() + skew
 
     def kinds_at(node):
         return [e["kind"] for e in casedocs.events_in_order(case_events(node, number))]
 
     # The village accepts a case, stamped by its own (wrong) clock.
-    accepted_at = time.time()
+    accepted_at = clock.time()
     # Numbered by the village's date, as its clerk's screen shows it.
     number = casedocs.case_number(code, casedocs.day_of(
         f"{int(village_clock() * 1000):015d}-00000"), 1)
@@ -723,7 +724,7 @@ def test_a_village_a_day_off_still_orders_a_cases_events(region, code, skew):
          logs=lambda: syncd.log()[-3000:])
 
     # The township (right clock) decides; it goes down to the village.
-    approved_at = time.time()
+    approved_at = clock.time()
     approved = stamp(region.pair.town_dir, lambda hlc: [
         casedocs.case_event(number, "approved", TOWN, hlc)])
     wait(lambda: kinds_at(village) == ["accepted", "approved"], "the decision at the village",
@@ -756,5 +757,5 @@ def test_a_village_a_day_off_still_orders_a_cases_events(region, code, skew):
         lambda: (r := town.session().get(f"{town.db_url}/status:{code}")).ok and r.json(),
         "the village's status at the township")
     assert status["state"] == "up"
-    assert abs(parse_iso(status["reported_at"]) - time.time()) < 600
+    assert abs(parse_iso(status["reported_at"]) - clock.time()) < 600
     nodeproc.eventually(lambda: sync_status(village_dir)["state"] == "up", "village link up")

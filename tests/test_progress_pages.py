@@ -8,8 +8,7 @@ from io import BytesIO
 
 import pytest
 
-from shared import audit, identity, registry
-from shared.casedocs import CHINA_TIME
+from shared import audit, clock, identity, registry
 from shared.cases import appointments as ap
 from shared.cases import fold as F
 from shared.cases import idnumbers
@@ -99,7 +98,7 @@ def case_count(kit, code=K.VILLAGE_A):
 
 
 def tomorrow():
-    return datetime.datetime.now(CHINA_TIME).date() + datetime.timedelta(days=1)
+    return clock.today() + datetime.timedelta(days=1)
 
 
 def browser(kit, address="127.0.0.1", code=K.VILLAGE_A):

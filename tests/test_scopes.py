@@ -8,14 +8,13 @@ through the Flask test client on real SQLite files.
 import json
 import sqlite3
 import threading
-import time
 from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
 
-from shared import casedocs, identity, registry
+from shared import casedocs, clock, identity, registry
 from shared.models import Account
 from tests.conftest import add_account, basic_auth, make_app
 
@@ -105,7 +104,7 @@ def town(tmp_path, keys):
 class Signed:
     """Signed requests of one node to ``app``'s /db, through the test client."""
 
-    def __init__(self, app, code, key, clock=time.time):
+    def __init__(self, app, code, key, clock=clock.time):
         self.client = app.test_client()
         self.signer = identity.RequestSigner(code, key, clock=clock)
 
@@ -554,7 +553,7 @@ def test_a_replayed_request_is_refused(town, keys):
 
 
 def test_a_skewed_clock_learns_the_servers_time_and_signs_again(town, keys):
-    skewed = node(town, keys, A, clock=lambda: time.time() + 3600)
+    skewed = node(town, keys, A, clock=lambda: clock.time() + 3600)
     response = skewed.get("/db")
     assert _refusal(response).startswith("clock skew")
     skewed.signer.observe_server_time(response.headers["X-Tongban-Time"])
@@ -562,7 +561,7 @@ def test_a_skewed_clock_learns_the_servers_time_and_signs_again(town, keys):
 
 
 def test_requests_signed_before_the_server_started_are_refused(town, keys):
-    early = node(town, keys, A, clock=lambda: time.time() - 120)
+    early = node(town, keys, A, clock=lambda: clock.time() - 120)
     assert "before this node started" in _refusal(early.get("/db"))
 
 

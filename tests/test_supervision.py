@@ -149,17 +149,15 @@ def test_an_item_with_calendar_days_counts_every_day():
     assert F.due_date(state, WorkCalendar()) == D(2026, 10, 7)
 
 
-def test_a_day_nothing_covers_is_an_error_not_a_guess():
-    from shared.workdays import CalendarGap
-
+def test_a_day_nothing_covers_counts_as_an_ordinary_week_marked_provisional():
     state = {"accepted_day": "2040-03-01", "limit": {"days": 5, "unit": "工作日"},
              "stops": [], "extensions": []}
-    with pytest.raises(CalendarGap):
-        F.due_date(state, WorkCalendar())
+    due = F.due_info(state, WorkCalendar())  # 1 March 2040 is a Thursday
+    assert due.day == D(2040, 3, 8) and due.provisional
     # With the county's overrides for those days, it counts.
     overrides = {D(2040, 3, 1) + datetime.timedelta(days=n): n % 7 not in (2, 3)
                  for n in range(1, 15)}
-    assert F.due_date(state, WorkCalendar(overrides)) == D(2040, 3, 8)
+    assert F.due_info(state, WorkCalendar(overrides)) == (D(2040, 3, 8), None)  # final
 
 
 def test_the_sweep_is_scheduled_at_every_tier():

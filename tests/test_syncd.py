@@ -8,12 +8,11 @@ import random
 import re
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
 
-from shared import errors
+from shared import clock, errors
 from shared.app import create_app
 from shared.demo import TONGBAN
 from shared.syncstatus import LinkStatusTable
@@ -21,6 +20,7 @@ from syncd.daemon import Backoff, SyncDaemon, classify, parent_db_url
 from syncd.peers import HttpPeer, LocalPeer
 from syncd.replicator import replication_id
 from tests import nodeproc
+from tests.conftest import skewed_env
 from tests.nodeproc import eventually
 
 VILLAGE, TOWNSHIP = "441521100201", "441521100"
@@ -560,7 +560,7 @@ def test_an_enrolled_node_signs_its_requests_and_corrects_a_wrong_clock(tmp_path
         result = subprocess.run(
             [*TONGBAN, "syncd", str(town_dir), "--once", "-v"], capture_output=True,
             text=True, timeout=120,
-            env={**__import__("os").environ, "TONGBAN_CLOCK_SKEW_SECONDS": "86400"})
+            env={**__import__("os").environ, **skewed_env(86400)})
         assert result.returncode == 0, result.stderr
         assert "refused our timestamp" in result.stderr
         # Its status document, written after the round, goes up with the next one.
@@ -569,7 +569,7 @@ def test_an_enrolled_node_signs_its_requests_and_corrects_a_wrong_clock(tmp_path
         assert status["state"] == "up"
         # Without the correction it would claim to report from a day in the future.
         from shared.syncstatus import parse_iso
-        assert abs(parse_iso(status["reported_at"]) - time.time()) < 3600
+        assert abs(parse_iso(status["reported_at"]) - clock.time()) < 3600
         page = requests.get(f"{county.url}/sync/status").text
         assert "下级节点同步情况" in page and TOWNSHIP in page and "测试镇" in page
     finally:

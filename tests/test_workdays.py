@@ -5,7 +5,7 @@ from datetime import date, datetime, timedelta
 import chinese_calendar
 import pytest
 
-from shared.workdays import CalendarGap, WorkCalendar
+from shared.workdays import WorkCalendar
 
 # Spring Festival 2026: Sat 14 Feb is worked (调休), 15–23 Feb off, Sat 28 Feb is worked.
 # Mid-autumn 25–27 Sep and National Day 1–7 Oct 2026 off; Sun 20 Sep and Sat 10 Oct worked.
@@ -110,20 +110,18 @@ def test_override_wins_over_the_statutory_calendar():
     assert local.add_workdays(date(2026, 2, 14), 1) == date(2026, 2, 23)
 
 
-def test_date_nothing_covers_is_a_clear_error(cal):
-    with pytest.raises(CalendarGap) as caught:
-        cal.is_workday(date(2031, 5, 1))
-    assert caught.value.message == (
-        "2031-05-01 不在工作日历范围内（节假日安排未发布，也没有县级调整）。"
-        "请县级管理员在工作日历中补充该日期。")
-    assert caught.value.day == date(2031, 5, 1)
-    assert isinstance(caught.value, ValueError)
+def test_a_date_nothing_covers_counts_as_an_ordinary_week_and_is_not_covered(cal):
+    # 1 May 2031 is a Thursday; nobody has published 2031 yet.
+    assert cal.is_workday(date(2031, 5, 1)) and not cal.is_workday(date(2031, 5, 3))
+    assert not cal.covers(date(2031, 5, 1)) and cal.covers(date(2026, 5, 1))
 
 
-def test_count_running_past_the_covered_years_stops_at_the_first_gap(cal):
-    with pytest.raises(CalendarGap) as caught:
-        cal.add_workdays(date(2031, 4, 28), 10)
-    assert caught.value.day == date(2031, 4, 29)
+def test_a_count_running_past_the_covered_years_is_provisional_from_the_first_gap(cal):
+    due = cal.due_info(date(2031, 4, 28), 10, ())
+    assert due.day == date(2031, 5, 12) and due.provisional
+    assert due.uncovered == date(2031, 4, 29)
+    assert "2031 年节假日安排尚未发布" in due.note
+    assert cal.add_workdays(date(2031, 4, 28), 10) == due.day  # the date is never lost
 
 
 def test_overrides_cover_a_year_the_package_does_not():
@@ -134,9 +132,8 @@ def test_overrides_cover_a_year_the_package_does_not():
     local = WorkCalendar(days)
     assert local.add_workdays(date(2031, 4, 30), 1) == date(2031, 5, 6)
     assert local.workdays_between(date(2031, 4, 28), date(2031, 5, 9)) == 6
-    with pytest.raises(CalendarGap) as caught:
-        local.add_workdays(date(2031, 5, 14), 5)
-    assert caught.value.day == date(2031, 5, 18)
+    assert not local.due_info(date(2031, 4, 30), 1, ()).provisional
+    assert local.due_info(date(2031, 5, 14), 5, ()).uncovered == date(2031, 5, 18)
 
 
 def test_datetimes_and_strings_are_days(cal):

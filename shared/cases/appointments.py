@@ -21,7 +21,7 @@ import logging
 import re
 import secrets
 
-from shared.casedocs import CHINA_TIME
+from shared import clock
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def find_booking(db, code):
 # -- helpers ----------------------------------------------------------------------------
 
 def _now(now):
-    return now or datetime.datetime.now(CHINA_TIME).replace(tzinfo=None)
+    return now or clock.now().replace(tzinfo=None)
 
 
 def _parse_day(day):

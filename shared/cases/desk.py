@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from shared import clock
 from shared import casedocs, errors, identity, registry
 from shared.cases import fold as F
 from shared.cases import blobs, idnumbers, personal, scans
@@ -195,7 +196,7 @@ class CaseDesk:
         Only accepted cases count: a pre-application is anyone's word and must never put
         its scans or details before a clerk as the applicant's.
         """
-        on = on or datetime.date.today()
+        on = on or clock.today()
         since = (on - datetime.timedelta(days=REUSE_DAYS)).isoformat()
         found = {}
         cursor = self.db.execute_sql(
@@ -471,18 +472,19 @@ class CaseDesk:
         today = casedocs.day_of(hlc)
         if mode == F.DEFICIENCY:
             fields["deficiency_due"] = self._workdays_after(today, DEFICIENCY_DAYS)
+            fields["deficiency_days"] = DEFICIENCY_DAYS
         if mode == F.COMMITMENT:
             fields["postcheck_due"] = self._workdays_after(today, POSTCHECK_DAYS)
+            fields["postcheck_days"] = POSTCHECK_DAYS
             fields["commitment_note"] = commitment_note or "申请人书面承诺所缺材料真实有效"
         return fields
 
     def _workdays_after(self, day, days):
         if self.calendar is None:
             return (day + datetime.timedelta(days=days)).isoformat()
-        try:
-            return self.calendar.add_workdays(day, days).isoformat()
-        except ValueError as exc:
-            raise CaseError(getattr(exc, "message", str(exc))) from exc
+        # A day nobody has published yet counts as an ordinary week (provisional); pages
+        # count again from ``*_days`` under the calendar in force (fold.deadline_info).
+        return self.calendar.add_workdays(day, days).isoformat()
 
     def _check_accepting_tier(self, item):
         tier = TIER_OF_LENGTH.get(len(self.node))

@@ -18,6 +18,7 @@ import datetime
 
 from shared.casedocs import CHINA_TIME, events_in_order
 from shared.hlc import parse_hlc
+from shared.workdays import Due
 
 # -- statuses ---------------------------------------------------------------------------
 
@@ -308,13 +309,17 @@ def _accepted(state, event):
     if event.get("limit"):
         state["limit"] = event["limit"]
     state["deficiency_due"] = event.get("deficiency_due")
+    # The day count the date was computed from, so a page re-dates it when the county
+    # publishes a year the count walked through (events written before carry none).
+    state["deficiency_days"] = _count(event.get("deficiency_days"))
     if event.get("item") and event["item"] != state["item"]:
         state["materials"] = {}  # accepted under a newer version: its own checklist
     for member in ("applicant", "proxy", "item", "item_version", "applicant_facts"):
         if event.get(member):
             state[member] = event[member]
     if mode == COMMITMENT:
-        state["postcheck"] = {"due": event.get("postcheck_due"), "result": None}
+        state["postcheck"] = {"due": event.get("postcheck_due"), "result": None,
+                              "days": _count(event.get("postcheck_days"))}
     _set_materials(state, event.get("materials"))
 
 
@@ -560,6 +565,12 @@ def stops_as_dates(state):
             for a, b in state["stops"]]
 
 
+def _count(value):
+    """A recorded day count, or None when absent or malformed."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and \
+        0 <= value <= 3650 else None
+
+
 def due_date(state, calendar):
     """The due date of an accepted case under ``calendar`` (a ``workdays.WorkCalendar``).
 
@@ -567,6 +578,13 @@ def due_date(state, calendar):
     recorded. Calendar limits (``自然日``) count calendar days; stops (supplements,
     hearings, inspections, expert review) and approved extensions (延长审批) extend both.
     """
+    found = due_info(state, calendar)
+    return found.day if found else None
+
+
+def due_info(state, calendar):
+    """:func:`due_date` as a ``workdays.Due``: the date and whether it is provisional
+    (counted through days no published arrangement covers yet)."""
     limit = state.get("limit")
     if not state.get("accepted_day") or not limit:
         return None
@@ -577,5 +595,24 @@ def due_date(state, calendar):
         if any(resume is None for _, resume in stops):
             return None
         paused = sum((resume - stop).days for stop, resume in stops)
-        return start + datetime.timedelta(days=days + paused)
-    return calendar.due_with_stops(start, days, stops)
+        return Due(start + datetime.timedelta(days=days + paused))
+    return calendar.due_info(start, days, stops)
+
+
+def deadline_info(state, which, calendar):
+    """The 容缺 (``which="deficiency"``) or 告知承诺 post-check (``"postcheck"``) deadline as
+    a ``workdays.Due``, counted again under ``calendar`` when the event recorded its day
+    count; the recorded date as it stands otherwise. None when the case has none."""
+    if which == "deficiency":
+        recorded, days = state.get("deficiency_due"), state.get("deficiency_days")
+    else:
+        check = state.get("postcheck") or {}
+        recorded, days = check.get("due"), check.get("days")
+    if not recorded:
+        return None
+    if days is not None and calendar is not None and state.get("accepted_day"):
+        return calendar.add_workdays_info(state["accepted_day"], days)
+    try:
+        return Due(datetime.date.fromisoformat(recorded))
+    except (TypeError, ValueError):
+        return None

@@ -10,6 +10,8 @@ import re
 import unicodedata
 from typing import NamedTuple
 
+from shared import clock
+
 #: ISO 7064 MOD 11-2 weights of the first 17 digits of a resident ID number.
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 #: Check character by (weighted sum mod 11).
@@ -84,7 +86,7 @@ def check_resident_id(text, today=None):
     _check_resident_shape(number)
     region = number[:6]
     _check_region(region)
-    birth = _birth_date(number[6:14], today or datetime.date.today())
+    birth = _birth_date(number[6:14], today or clock.today())
     expected = resident_check_char(number[:17])
     if number[17] != expected:
         raise IdNumberInvalid(f"身份证号码校验位错误：第18位应为{expected}，实为{number[17]}。"

@@ -6,10 +6,10 @@ so a queue never shows a state its events do not give. Scans (``scan:`` document
 not read: the ``attached`` events name them.
 """
 
-import datetime
 import json
 import logging
 
+from shared import clock
 from shared.cases import fold as F
 from shared.cases import stats
 from shared.scopes import case_number
@@ -95,7 +95,7 @@ class CaseIndex:
         state = F.fold(header, events)
         row = self.row(state, events)
         # The supervision figures follow the row in the same transaction (stats.py).
-        stats.apply_delta(db, stats.held_row(db, number), row)
+        stats.apply_delta(db, stats.held_row(db, number), row, self.calendar)
         marks = ",".join("?" * len(COLUMNS))
         db.execute_sql(f"INSERT OR REPLACE INTO case_state ({','.join(COLUMNS)}) "
                        f"VALUES ({marks})", [row[c] for c in COLUMNS])
@@ -111,11 +111,8 @@ class CaseIndex:
         """The ``case_state`` row of a folded case."""
         due = None
         if self.calendar is not None:
-            try:
-                found = F.due_date(state, self.calendar)
-                due = found.isoformat() if found else None
-            except ValueError as exc:  # a day the calendar does not cover
-                logger.warning("case %s: no due date: %s", state["number"], exc)
+            found = F.due_date(state, self.calendar)
+            due = found.isoformat() if found else None
         updated = max((e.get("hlc", "") for e in events), default="")
         open_complaints = sum(1 for c in state["complaints"] if c["stage"] != "replied")
         return {
@@ -170,10 +167,31 @@ def cases_of_applicant(db, applicant_key):
 
 def licences_of(db, applicant_key, on=None):
     """``{licence name: record}`` of the e-licences issued to ``applicant_key`` still valid."""
-    on = (on or datetime.date.today()).isoformat()
+    on = (on or clock.today()).isoformat()
     cursor = db.execute_sql(
         'SELECT name, number, valid_until, "case", issued FROM case_licence '
         "WHERE applicant_key = ? AND (valid_until IS NULL OR valid_until >= ?) "
         "ORDER BY issued", (applicant_key, on))
     return {name: {"name": name, "number": num, "valid_until": until, "case": case,
                    "issued": issued} for name, num, until, case, issued in cursor.fetchall()}
+
+
+def provisional_cases(db, calendar, limit=20):
+    """The cases in handling whose due date is provisional (counted through days no
+    published arrangement covers): ``(count, [numbers, at most limit])``. An alarm at the
+    county until the county publishes the year."""
+    if not db.execute_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'case_state'").fetchone():
+        return 0, []
+    statuses = (F.HANDLING, F.SUPPLEMENTING)
+    marks = ",".join("?" * len(statuses))
+    first = db.execute_sql(f"SELECT MIN(accepted_day) FROM case_state WHERE status IN ({marks}) "
+                           "AND due IS NOT NULL", statuses).fetchone()[0]
+    if not first:
+        return 0, []
+    cut = calendar.covered_until(first).isoformat()
+    found = [number for number, accepted, due in db.execute_sql(
+        f"SELECT number, accepted_day, due FROM case_state WHERE status IN ({marks}) "
+        "AND due > ? ORDER BY due, number", (*statuses, cut)).fetchall()
+        if accepted and calendar.uncovered_in(accepted, due) is not None]
+    return len(found), found[:limit]

@@ -40,10 +40,10 @@ import functools
 import json
 import logging
 
-from shared.casedocs import CHINA_TIME
+from shared import clock
 from shared.cases import fold as F
 from shared.hlc import parse_hlc
-from shared.workdays import CalendarGap, WorkCalendar, as_date
+from shared.workdays import WorkCalendar, as_date, calendar_from_db
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ _CALENDAR = WorkCalendar()
 
 
 def china_today():
-    """Today's date in China time."""
-    return datetime.datetime.now(CHINA_TIME).date()
+    """Today's date in Beijing time (the node's clock)."""
+    return clock.today()
 
 
 def area_of(node):
@@ -174,6 +174,7 @@ def rebuild(db, chunk=5000):
     """Make every aggregate again from ``case_state``; returns the number of cases read."""
     columns = _case_columns()
     clear(db)
+    calendar = _calendar_of(db)
     total, last = 0, ""
     while True:
         rows = db.execute_sql(
@@ -181,7 +182,7 @@ def rebuild(db, chunk=5000):
             "ORDER BY number LIMIT ?", (last, chunk)).fetchall()
         if not rows:
             break
-        sums = Accumulator()
+        sums = Accumulator(calendar)
         for values in rows:
             sums.add(dict(zip(columns, values)))
         sums.flush(db)
@@ -225,28 +226,40 @@ def _state(row):
     return state if isinstance(state, dict) else {}
 
 
-@functools.lru_cache(maxsize=1 << 15)
-def _is_workday(day):
-    # Kept per day: a case decided two years late must not ask the holiday package 700 times.
-    return _CALENDAR.is_workday(day)
+def _calendar_of(db):
+    """The calendar in force in ``db`` (the package alone in a store without a catalog)."""
+    if db.execute_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                      "name = 'catalog_calendar'").fetchone():
+        return calendar_from_db(db)
+    return _CALENDAR
+
+
+#: ``{id(rules): (rules, token)}``: a hashable token per calendar rules object (the rules
+#: are kept so an id is never reused while its token is cached).
+_TOKENS = {}
+
+
+def _token(calendar):
+    rules = calendar.rules()
+    held = _TOKENS.get(id(rules))
+    if held is None or held[0] is not rules:
+        if len(_TOKENS) > 16:
+            _TOKENS.clear()
+        held = _TOKENS[id(rules)] = (rules, (frozenset(rules[0].items()), rules[1]))
+    return held[1]
+
+
+def decide_workdays(accepted_day, decided_day, calendar=None):
+    """Working days from acceptance to decision under ``calendar`` (the node's calendar in
+    force: the package and the county's overrides; the package alone when None)."""
+    calendar = calendar or _CALENDAR
+    return _decide_workdays(accepted_day, decided_day, _token(calendar), calendar)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def decide_workdays(accepted_day, decided_day):
-    """Working days from acceptance to decision, ``WorkCalendar().workdays_between``
-    (calendar days where the calendar has a gap)."""
-    day, end = as_date(accepted_day), as_date(decided_day)
-    count = 0
-    try:
-        while day < end:
-            day += datetime.timedelta(days=1)
-            count += _is_workday(day)
-        return count
-    except CalendarGap as gap:
-        days = max(0, (as_date(decided_day) - as_date(accepted_day)).days)
-        logger.warning("working days %s..%s: %s; counted %d calendar days",
-                       accepted_day, decided_day, gap.message, days)
-        return days
+def _decide_workdays(accepted_day, decided_day, token, calendar):
+    # Kept per pair and calendar: a 1,000,000-case rebuild asks for few distinct pairs.
+    return calendar.workdays_between(accepted_day, decided_day)
 
 
 def _minutes_between(start, end):
@@ -285,7 +298,7 @@ def _valid_day(text):
         return False
 
 
-def counters(row, state=None):
+def counters(row, state=None, calendar=None):
     """The counters (aligned with :data:`COUNTERS`) one accepted case adds; None when the
     case is not accepted (pre-applications and one-time notices are not counted)."""
     day = row.get("accepted_day")
@@ -304,7 +317,7 @@ def counters(row, state=None):
     return (1, int(row.get("channel") == "online"),
             int(status in (F.HANDLING, F.SUPPLEMENTING)), int(decided is not None),
             int(status == F.WITHDRAWN),
-            decide_workdays(day, decided) if decided else 0,
+            decide_workdays(day, decided, calendar) if decided else 0,
             int(delivered), int(delivered and visits <= 1), int(delivered and visits == 0),
             yellow, red, red_followed, int(rated), rating if rated else 0,
             complaints, replied, minutes)
@@ -360,7 +373,8 @@ class Accumulator:
     so they give the same aggregates.
     """
 
-    def __init__(self):
+    def __init__(self, calendar=None):
+        self.calendar = calendar  # working days to decide are counted in it
         self.sums = {}
         self.names = {}
         self.requests = {}
@@ -369,7 +383,7 @@ class Accumulator:
     def add(self, row, state=None, sign=1):
         """Add (or with ``sign=-1`` subtract) the contribution of one ``case_state`` row."""
         state = _state(row) if state is None else state
-        counts = counters(row, state)
+        counts = counters(row, state, self.calendar)
         if counts is not None:
             for key in _keys(row):
                 held = self.sums.get(key)
@@ -432,12 +446,14 @@ class Accumulator:
                 list(self.facts.values()))
 
 
-def apply_delta(db, old_row, new_row):
+def apply_delta(db, old_row, new_row, calendar=None):
     """Replace ``old_row``'s contribution (None for a new case) with ``new_row``'s.
 
     Both are ``case_state`` rows as dicts (``state`` as JSON text or a dict). Call it inside
-    the write transaction that stores ``new_row``, before storing it.
+    the write transaction that stores ``new_row``, before storing it. ``calendar``: the
+    working-day calendar in force (the node's, by default).
     """
+    calendar = calendar or _calendar_of(db)
     ensure_tables(db)
     if old_row is not None and all(old_row.get(c) == new_row.get(c)
                                    for c in _case_columns()):
@@ -448,7 +464,7 @@ def apply_delta(db, old_row, new_row):
             clear(db)
         old_state = _state(old_row) if old_row is not None else {}
         new_state = _state(new_row)
-        delta = Accumulator()
+        delta = Accumulator(calendar)
         if old_row is not None:
             delta.add(old_row, old_state, sign=-1)
         delta.add(new_row, new_state)
@@ -457,6 +473,32 @@ def apply_delta(db, old_row, new_row):
             db.execute_sql("DELETE FROM stats_requests WHERE number = ?", (old_flag[0],))
         delta.flush(db, prune=True)
         _relink(db, _identity(old_row), _identity(new_row), new_row["number"])
+
+
+def recount_workdays(db, first, last, before, after):
+    """The working days to decide of the decided cases a calendar change reaches (accepted
+    before ``last``, decided on or after ``first``), counted again: ``before``'s
+    contribution out, ``after``'s in. Called in the transaction that installs the change."""
+    if not db.execute_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'stats_meta'").fetchone():
+        return 0
+    columns = _case_columns()
+    rows = db.execute_sql(
+        f"SELECT {','.join(columns)} FROM case_state WHERE decided_day IS NOT NULL AND "
+        "accepted_day IS NOT NULL AND accepted_day < ? AND decided_day >= ?",
+        (last, first)).fetchall()
+    old, new = Accumulator(before), Accumulator(after)
+    for values in rows:
+        row = dict(zip(columns, values))
+        state = _state(row)
+        old.add(row, state, sign=-1)
+        new.add(row, state, sign=-1)  # the requests/facts side is unchanged: sums only
+    for key, sums in new.sums.items():
+        held = old.sums.setdefault(key, [0] * len(sums))
+        for i, c in enumerate(sums):
+            held[i] -= c
+    old.flush(db)
+    return len(rows)
 
 
 # -- repeated applications, kept linked -------------------------------------------------------

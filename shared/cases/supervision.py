@@ -22,6 +22,7 @@ import logging
 
 from flask import current_app
 
+from shared import clock
 from shared.casedocs import CHINA_TIME
 from shared.cases import fold as F
 from shared.cases.desk import CaseError
@@ -36,7 +37,7 @@ HORIZON_DAYS = 60
 def china_today(now=None):
     """Today's date in China time (``now``: a datetime or epoch seconds, for tests)."""
     if now is None:
-        return datetime.datetime.now(CHINA_TIME).date()
+        return clock.today()
     if isinstance(now, (int, float)):
         return datetime.datetime.fromtimestamp(now, CHINA_TIME).date()
     if isinstance(now, datetime.datetime):

@@ -5,14 +5,13 @@ per app (it holds the region key read from the node directory). A node that has 
 key (not enrolled) cannot handle cases, and :func:`desk` says so in plain Chinese.
 """
 
-import datetime
 import logging
 from pathlib import Path
 
 from flask import current_app
 
+from shared import clock
 from shared import errors, registry
-from shared.casedocs import CHINA_TIME
 from shared.cases.blobs import BlobStore
 from shared.cases.desk import Actor, CaseError, CaseDesk
 from shared.cases.scans import scan_key
@@ -34,7 +33,7 @@ def node_code(app=None):
 
 def china_today():
     """Today's date in China time (the day every page and count speaks of)."""
-    return datetime.datetime.now(CHINA_TIME).date()
+    return clock.today()
 
 
 def node_dir(app=None):

@@ -19,6 +19,7 @@ import logging
 import time
 import weakref
 
+from shared import clock
 from shared import errors
 from shared.catalog import calendar as cal
 from shared.catalog import release as rel
@@ -37,7 +38,7 @@ SUMMARY_COLUMNS = ("item_id", "doc_id", "version", "name", "department", "item_t
 
 
 def _now():
-    return time.time()
+    return clock.time()
 
 
 class CatalogActivation:
@@ -349,7 +350,8 @@ def _changed_span(before, after):
 
 
 def _install_calendar(conn, store, release):
-    """Install the release's calendar document (or none); the span of days it changed."""
+    """Install the release's calendar document (or none); ``(first, last, rules before)``:
+    the span of days it changed and the rules it replaced (None when nothing changed)."""
     entry = next((e for e in release["entries"] if rel.is_calendar_id(e["id"])), None)
     current = conn.execute("SELECT doc_id, hash FROM catalog_calendar_doc").fetchone()
     if entry is not None and current == (entry["id"], entry["hash"]):
@@ -368,12 +370,21 @@ def _install_calendar(conn, store, release):
                          [(e["year"], e["reason"]) for e in entries if "date" not in e])
         conn.execute("INSERT INTO catalog_calendar_doc VALUES (1, ?, ?, ?)",
                      (entry["id"], entry["version"], entry["hash"]))
-    return _changed_span(before, _calendar_rows(conn))
+    span = _changed_span(before, _calendar_rows(conn))
+    return span and (*span, _rules_of(before))
 
 
-def _refresh_due_dates(db, first, last):
+def _rules_of(rows):
+    """Calendar rules ``({date: workday}, frozenset(years))`` of :func:`_calendar_rows`."""
+    days, years = rows
+    return ({datetime.date.fromisoformat(day): work for day, (work, _) in days.items()},
+            frozenset(years))
+
+
+def _refresh_due_dates(db, first, last, before):
     """Compute again the due dates a calendar change may move (cases accepted before the
-    last changed day and due on or after the first, or without a due date).
+    last changed day and due on or after the first, or without a due date), and the working
+    days to decide of the decided cases it reaches (``before``: the rules it replaced).
 
     ``case_state`` belongs to the case index; a node whose store has none has no cases.
     """
@@ -395,17 +406,18 @@ def _refresh_due_dates(db, first, last):
         for number, due, state in db.execute_sql(
                 f"SELECT number, due, state FROM case_state WHERE number IN ({marks})",
                 chunk).fetchall():
-            try:
-                found = fold.due_date(json.loads(state), calendar)
-                new_due = found.isoformat() if found else None
-            except ValueError as exc:  # a day the calendar does not cover
-                logger.warning("case %s: no due date: %s", number, exc)
-                new_due = None
+            found = fold.due_date(json.loads(state), calendar)
+            new_due = found.isoformat() if found else None
             if new_due != due:
                 updates.append((new_due, number))
         db.connection().executemany("UPDATE case_state SET due = ? WHERE number = ?", updates)
         moved += len(updates)
-    logger.info("working-day calendar changed %s..%s: %d due dates moved", first, last, moved)
+    from shared.cases import stats
+    from shared.workdays import WorkCalendar
+
+    recounted = stats.recount_workdays(db, first, last, WorkCalendar(*before), calendar)
+    logger.info("working-day calendar changed %s..%s: %d due dates moved, %d decided cases "
+                "recounted", first, last, moved, recounted)
 
 
 # -- reading the catalog in force ------------------------------------------------------------
@@ -431,9 +443,7 @@ def calendar_rules(db):
     cached = _CALENDAR_CACHE.get(db)
     if number and cached is not None and cached[0] == number:
         return cached[1]
-    days, years = _calendar_rows(db.connection())
-    rules = ({datetime.date.fromisoformat(day): work for day, (work, _) in days.items()},
-             frozenset(years))
+    rules = _rules_of(_calendar_rows(db.connection()))
     if number:
         _CALENDAR_CACHE[db] = (number, rules)
     return rules

@@ -268,7 +268,9 @@ def _draft_note(year, working):
 
 def coverage(entries, today, working=None):
     """What the calendar in force covers, for the page: the package's years and a warning
-    for this year and the next when neither the package nor a complete year covers them.
+    for this year and the next when neither the package nor a complete year covers them
+    (their days not listed count as the ordinary week, and due dates through them are
+    provisional, 暂定: :mod:`shared.workdays`).
 
     :param entries: the entries in force.
     :param working: the working calendar (drafts included), to say what waits to be published.
@@ -284,13 +286,15 @@ def coverage(entries, today, working=None):
         if listed:
             warnings.append(
                 f"{year} 年的法定节假日安排不在 chinese-calendar 数据中（只到 {last} 年）。"
-                f"本县已发布 {listed} 条 {year} 年的调整，但没有标记“{year} 全年”：未列出的日期"
-                "仍无法计算办理时限。录入全年节假日和调休后，请加上一行"
+                f"本县已发布 {listed} 条 {year} 年的调整，但没有标记“{year} 全年”：未列出的"
+                f"{year} 年日期暂按正常工作周（周一至周五）计算，经过这些日期的办理时限标为"
+                "“暂定”。录入全年节假日和调休后，请加上一行"
                 f"“{year} 全年 依据文件”。")
         else:
             warnings.append(
                 f"{year} 年的法定节假日安排不在 chinese-calendar 数据中（只到 {last} 年），"
-                f"本县也没有发布 {year} 年的调整：跨入 {year} 年的办理时限将无法计算。"
+                f"本县也没有发布 {year} 年的调整：跨入 {year} 年的办理时限暂按正常工作周"
+                "（周一至周五）计算，标为“暂定”。"
                 f"请录入 {year} 年的节假日和调休安排，并加上一行“{year} 全年 依据文件”。")
         warnings[-1] += _draft_note(year, working or [])
     return {"package": (first, last), "complete": complete, "warnings": warnings}

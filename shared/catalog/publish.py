@@ -16,10 +16,10 @@ listed in the signed release.
 import functools
 import json
 import logging
-from datetime import datetime, timezone
 
 from peewee import fn, AutoField, CharField, FloatField, IntegerField, TextField
 
+from shared import clock
 from shared import errors
 from shared.catalog import active, release as rel, schema
 from shared.catalog import calendar as cal
@@ -103,7 +103,7 @@ def create_tables(db):
 
 
 def _now():
-    return datetime.now(timezone.utc).timestamp()
+    return clock.time()
 
 
 def _bound(function):
@@ -465,7 +465,7 @@ def approve(store, proposal_id, by, private_key, *, now=None):
         new_docs.append(calendar_doc)
     if calendar_entry is not None:
         entries.append(calendar_entry)
-    moment = now or datetime.now(timezone.utc)
+    moment = now or clock.utcnow()
     release = rel.sign_release(private_key, number=proposal.number,
                                time=moment.isoformat(timespec="seconds"), entries=entries,
                                proposed_by=proposal.proposed_by, approved_by=by)

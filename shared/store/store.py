@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 
-from shared import errors
+from shared import clock, errors
 from shared.db import open_database
 from shared.store import revs as R
 
@@ -130,7 +130,7 @@ class Store:
             self._meta_default("revs_limit", str(revs_limit))
             self._meta_default("update_seq", "0")
             self._meta_default("uuid", uuid.uuid4().hex)
-            self._meta_default("instance_start_time", str(int(time.time() * 1000000)))
+            self._meta_default("instance_start_time", str(int(clock.time() * 1000000)))
 
     # -- plumbing -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import re
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
-from shared import casedocs
+from shared import clock
 from shared.cases import appointments as ap
 from shared.cases import personal, web
 from shared.cases.desk import CaseError
@@ -46,7 +46,7 @@ def _db():
 
 def today():
     """Today in China time (the station's day)."""
-    return datetime.datetime.now(casedocs.CHINA_TIME).date()
+    return clock.today()
 
 
 def _int(text):

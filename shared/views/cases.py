@@ -26,6 +26,7 @@ from shared.cases.desk import TIER_OF_LENGTH, ApplicantInput, CaseError
 from shared.catalog import active, schema
 from shared.catalog.qr import qr_svg
 from shared.staff import current_staff, message_page, staff_required
+from shared.workdays import provisional_note
 
 logger = logging.getLogger(__name__)
 
@@ -105,20 +106,32 @@ def _days_left(calendar, today, due):
     """Signed working days until ``due`` (None when there is no due date or no calendar)."""
     if not due or calendar is None:
         return None
-    try:
-        return calendar.workdays_until(today, due)
-    except ValueError:  # a day the calendar does not cover: show no figure, not a guess
-        return None
+    return calendar.workdays_until(today, due)
 
 
 def _due(state, calendar):
-    """The case's due date, or None (no calendar, clock stopped, or a day not covered)."""
+    """The case's due date as a ``workdays.Due`` (provisional or final), or None (no
+    calendar, or the clock is stopped)."""
     if calendar is None:
         return None
+    return F.due_info(state, calendar)
+
+
+def _deadlines(state, calendar):
+    """The 容缺 and post-check deadlines, counted under the calendar in force."""
+    return {"deficiency": F.deadline_info(state, "deficiency", calendar),
+            "postcheck": F.deadline_info(state, "postcheck", calendar)}
+
+
+def _provisional(calendar, start, end):
+    """The reason a listed date counted over ``(start, end]`` is provisional, or ''."""
+    if calendar is None or not start or not end:
+        return ""
     try:
-        return F.due_date(state, calendar)
-    except ValueError:
-        return None
+        day = calendar.uncovered_in(start, end)
+    except (TypeError, ValueError):
+        return ""
+    return provisional_note(day) if day else ""
 
 
 def _calendar():
@@ -289,6 +302,7 @@ def _decorate(rows, calendar, today, ignored):
     for row in rows:
         row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
         row["days_left"] = _days_left(calendar, today, row.get("due"))
+        row["due_provisional"] = _provisional(calendar, row.get("accepted_day"), row.get("due"))
         row["has_ignored"] = row["number"] in ignored
         if row.get("postcheck_due"):
             row["postcheck_left"] = _days_left(calendar, today, row["postcheck_due"])
@@ -804,6 +818,7 @@ def _case_page(number, error=None, status=200):
         profile=profile, agent=agent, actions=actions,
         agent_scans=state.get("proxy_scans", []), error=error, node=node,
         done=DONE_MESSAGES.get(request.args.get("done", "")), due=due, days_left=days_left,
+        **_deadlines(state, desk.calendar),
         card=_carried_card(state, due), materials=_materials_view(state),
         decide_blocked=decide_blocked, approve_blocked=approve_blocked,
         supplement_targets=_supplement_targets(state) if "supplement" in actions else [],
@@ -1016,6 +1031,7 @@ def receipt(number):
     due = _due(state, desk.calendar)
     return render_template(
         "cases/receipt.html", header=header, state=state, due=due,
+        **_deadlines(state, desk.calendar),
         applicant=personal.mask_name(profile.get("name", "")),
         item=_item_or_none(desk, header["item"]) or {}, accepted_by=_accepted_by(state),
         received=[m for m in materials if m["status"] in RECEIVED],
@@ -1042,10 +1058,20 @@ def notice(number):
     web.audit_view(current_staff(), "print_notice", number, _audit_detail(state))
     return render_template(
         "cases/notice.html", header=header, state=state, missing=missing, event=event,
-        deficiency_due=event.get("deficiency_due") if event.get("kind") == "accepted" else None,
+        deficiency_due=(_notice_deadline(state, event, desk.calendar)
+                        if event.get("kind") == "accepted" else None),
         date=_hlc_date(event.get("hlc")), by=event.get("by") or {},
         applicant=personal.mask_name(profile.get("name", "")),
         item=_item_or_none(desk, header["item"]) or {})
+
+
+def _notice_deadline(state, event, calendar):
+    """The 容缺 deadline a notice given at acceptance prints (counted under the calendar in
+    force when the event recorded its day count)."""
+    found = F.deadline_info(state, "deficiency", calendar)
+    if found is None and event.get("deficiency_due"):
+        return F.deadline_info({"deficiency_due": event["deficiency_due"]}, "deficiency", None)
+    return found
 
 
 # -- handle anywhere -------------------------------------------------------------------------

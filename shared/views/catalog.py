@@ -11,12 +11,11 @@ module or its templates.
 
 import logging
 import re
-from datetime import datetime
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
 from markupsafe import Markup, escape
 
-from shared.casedocs import CHINA_TIME
+from shared import clock
 from shared.catalog import active, schema
 from shared.catalog.flowchart import flowchart_svg
 from shared.catalog.qr import qr_png, qr_svg
@@ -262,8 +261,8 @@ def release_info(db):
     release = status["active"]
     info = {"release": release, "date": None, "failed": status["state"] == active.FAILED}
     if release:
-        try:
-            moment = datetime.fromisoformat(release["time"]).astimezone(CHINA_TIME)
+        try:  # the release's date in Beijing time (a naive time is UTC, as everywhere)
+            moment = clock.beijing(release["time"])
             info["date"] = f"{moment.year}年{moment.month}月{moment.day}日"
         except (TypeError, ValueError):
             info["date"] = str(release["time"])

@@ -20,6 +20,7 @@ from shared.cases import fold as F
 from shared.cases import stats, web
 from shared.cases.desk import CaseError
 from shared.staff import current_staff, message_page, require_staff
+from shared.syncstatus import calendar_report
 
 logger = logging.getLogger(__name__)
 
@@ -243,11 +244,12 @@ def _figures():
 
 @bp.route("/")
 def index():
-    """The dashboard of this node's area."""
+    """The dashboard of this node's area, with the working-day calendar's alarms."""
     area, since, until, data = _figures()
     today = _today()
     return render_template(
         "dashboard/index.html", data=data, area=area, since=since, until=until, today=today,
+        calendar=calendar_report(_db(), today),
         county=current_app.config.get("TIER") == "county", node=_node(),
         townships=_townships() if current_app.config.get("TIER") == "county" else [],
         periods=_quick_periods(today), charts=charts(data["trend"]))

@@ -2,6 +2,7 @@
 
 from flask import Blueprint, Response, current_app, json, render_template, request
 
+from shared import clock
 from shared.config import TIER_NAMES
 from shared.store.projections import TypeIndex
 
@@ -62,7 +63,8 @@ def index():
         return response
     summary = node_summary()
     response = current_app.make_response(
-        render_template("home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]]))
+        render_template("home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]],
+                        published=clock.format_time(summary["catalog"]["time"])))
     response.vary.add("Accept")
     return response
 

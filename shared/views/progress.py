@@ -25,7 +25,6 @@ import hmac
 import logging
 import math
 import secrets
-import time
 import unicodedata
 from typing import NamedTuple
 
@@ -33,6 +32,7 @@ from flask import (Blueprint, current_app, redirect, render_template, request, s
                    url_for)
 from markupsafe import Markup, escape
 
+from shared import clock
 from shared import casedocs, errors, registry
 from shared.cases import fold as F
 from shared.cases import personal, web
@@ -127,7 +127,7 @@ def create_throttle_table(db):
 def throttle_wait(db, checks, at=None):
     """Seconds until every ``(limit, key)`` of ``checks`` allows another event; None when
     all allow one now."""
-    at = time.time() if at is None else at
+    at = clock.time() if at is None else at
     waits = []
     for limit, key in checks:
         row = db.execute_sql("SELECT started, count FROM public_throttle "
@@ -141,7 +141,7 @@ def throttle_wait(db, checks, at=None):
 def throttle_note(db, checks, at=None):
     """Count one event against each ``(limit, key)`` of ``checks``; a window that is over
     starts again. Rows whose window is over are purged."""
-    at = time.time() if at is None else at
+    at = clock.time() if at is None else at
     with db.atomic():
         db.execute_sql("DELETE FROM public_throttle WHERE started <= ?", (at - LONGEST_WINDOW,))
         for limit, key in checks:
@@ -296,7 +296,7 @@ def proof_matches(profile, proof):
 
 def grant_proof(number):
     """Remember in this browser's session that it proved ``number`` (for 30 minutes)."""
-    now = time.time()
+    now = clock.time()
     proofs = {n: t for n, t in (session.get("proofs") or {}).items()
               if isinstance(t, (int, float)) and t > now and n != number}
     kept = sorted(proofs.items(), key=lambda pair: pair[1])[-(MAX_PROOFS - 1):]
@@ -306,7 +306,7 @@ def grant_proof(number):
 def has_proof(number):
     """True while this browser's proof of ``number`` is fresh."""
     expiry = (session.get("proofs") or {}).get(number)
-    return isinstance(expiry, (int, float)) and expiry > time.time()
+    return isinstance(expiry, (int, float)) and expiry > clock.time()
 
 
 def forget_proofs():
@@ -391,13 +391,21 @@ def timeline(state, names):
 
 
 def due_text(state, calendar):
-    """The due date as shown: a date, or why there is none."""
+    """The due date as shown: a date, or why there is none (a provisional date is still a
+    date: the page marks it 暂定 beside it, see :func:`due_info`)."""
     if state["status"] == F.SUPPLEMENTING:
         return "补正期间暂停计时，补齐材料后继续计算"
     if not state.get("accepted_day"):
         return "受理后开始计算"
-    due = F.due_date(state, calendar) if calendar is not None else None
+    due = due_info(state, calendar)
     return due.isoformat() if due else "—"
+
+
+def due_info(state, calendar):
+    """The due date as a ``workdays.Due`` (None: no date to show)."""
+    if calendar is None or state["status"] == F.SUPPLEMENTING or not state.get("accepted_day"):
+        return None
+    return F.due_info(state, calendar)
 
 
 def outstanding(state):
@@ -519,6 +527,8 @@ def progress_page(number, error=None, status=200, notice=None, form=None):
         "progress/case.html", number=number, state=state, item_name=state.get("item_name"),
         applicant=personal.mask_name(profile.get("name")),
         steps=timeline(state, names), due=due_text(state, desk.calendar),
+        due_info=due_info(state, desk.calendar),
+        deficiency=F.deadline_info(state, "deficiency", desk.calendar),
         stage=names(state.get("stage")), delivery_station=names(state.get("delivery_station")),
         missing=outstanding(state), decision=decision(state, names),
         delivered=state.get("delivered") and {
