@@ -7,17 +7,19 @@ The pages only parse, call :mod:`shared.catalog.publish` and render; the rules (
 two-person approval, signing) live there.
 """
 
+import difflib
 import logging
+import re
 
 from flask import (Blueprint, current_app, flash, g, redirect, render_template, request,
                    url_for)
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from shared import clock, errors, identity
 from shared.catalog import active, publish, schema
 from shared.catalog.forms import (KIND_FIELDS, changed_fields, choice_name, display_rows,
-                                  errors_by_field, form_values, parse_form, submitted_values,
-                                  table_hint)
+                                  display_value, errors_by_field, form_values, parse_form,
+                                  submitted_values, table_hint)
 from shared.catalog.flowchart import flowchart_svg
 from shared.catalog.qr import qr_svg
 from shared.staff import message_page, staff_required
@@ -65,6 +67,45 @@ def _published(db, kind, record_id):
 def _not_found(kind, record_id):
     return message_page(404, "未找到", f"工作目录中没有编号为 {record_id} 的{KIND_NAMES[kind]}"
                         "（可能已标记删除）。")
+
+
+def _records(fields):
+    """The fields of kind ``record`` (one sub-record, such as 年龄条件): the generic form
+    code knows none, so each of their columns is an input named ``key.column``."""
+    return [f for f in fields if f.kind == "record"]
+
+
+def _form_values(fields, record):
+    values = form_values(fields, record)
+    for field in _records(fields):
+        held = record.get(field.key) if isinstance(record.get(field.key), dict) else {}
+        values[field.key] = {c.key: "" if held.get(c.key) is None else str(held[c.key])
+                             for c in field.columns}
+    return values
+
+
+def _submitted_values(fields, form):
+    values = submitted_values(fields, form)
+    for field in _records(fields):
+        values[field.key] = {c.key: form.get(f"{field.key}.{c.key}", "")
+                             for c in field.columns}
+    return values
+
+
+def _parse_form(fields, form, original=None):
+    record, found = parse_form(fields, form, original)
+    for field in _records(fields):
+        value = {}
+        for column in field.columns:
+            text = form.get(f"{field.key}.{column.key}", "").strip()
+            if text:
+                integer = column.kind == "int" and re.fullmatch(r"[+-]?\d+", text)
+                value[column.key] = int(text) if integer else text
+        if value:
+            record[field.key] = value
+        else:
+            record.pop(field.key, None)
+    return record, found
 
 
 def _render_form(kind, values, found=(), record_id=None, status=200):
@@ -127,9 +168,9 @@ def create(kind):
     """A new record: the empty form, and saving it as a draft."""
     fields = KIND_FIELDS[kind]
     if request.method == "GET":
-        return _render_form(kind, form_values(fields, {}))
+        return _render_form(kind, _form_values(fields, {}))
     db = _db()
-    record, found = parse_form(fields, request.form)
+    record, found = _parse_form(fields, request.form)
     found += _check(kind, record)
     record_id = record.get("id")
     if isinstance(record_id, str) and publish.working_record(db, kind, record_id) is not None:
@@ -141,7 +182,7 @@ def create(kind):
         except schema.CatalogInvalid as invalid:
             found = invalid.errors
     if found:
-        return _render_form(kind, submitted_values(fields, request.form), found, status=422)
+        return _render_form(kind, _submitted_values(fields, request.form), found, status=422)
     logger.info("%s drafted new %s %s", g.staff.username, kind, record_id)
     flash(f"已保存草稿：新增{KIND_NAMES[kind]} {record_id}（{record.get('name', '')}）", "ok")
     return redirect(url_for(".index"))
@@ -157,12 +198,12 @@ def edit(kind, record_id):
     if current is None:
         return _not_found(kind, record_id)
     if request.method == "GET":
-        return _render_form(kind, form_values(fields, current), record_id=record_id)
-    record, found = parse_form(fields, request.form, current)
+        return _render_form(kind, _form_values(fields, current), record_id=record_id)
+    record, found = _parse_form(fields, request.form, current)
     record["id"] = record_id  # the id is not editable: a new id is a new record
     found += _check(kind, record)
     if found:
-        values = submitted_values(fields, request.form)
+        values = _submitted_values(fields, request.form)
         values["id"] = record_id
         return _render_form(kind, values, found, record_id=record_id, status=422)
     name = f"{KIND_NAMES[kind]} {record_id}（{record.get('name', '')}）"
@@ -175,7 +216,7 @@ def edit(kind, record_id):
         try:
             publish.save_draft(db, kind, record, g.staff.username)
         except schema.CatalogInvalid as invalid:
-            return _render_form(kind, submitted_values(fields, request.form), invalid.errors,
+            return _render_form(kind, _submitted_values(fields, request.form), invalid.errors,
                                 record_id=record_id, status=422)
         logger.info("%s drafted a change of %s %s", g.staff.username, kind, record_id)
         flash(f"已保存草稿：{name}", "ok")
@@ -289,9 +330,87 @@ def propose():
     return redirect(url_for(".proposal", proposal_id=proposal.id))
 
 
+#: A token of the highlighted difference: a run of Latin letters and digits (a number such
+#: as ``8:30`` or a word changes as a whole), a run of blanks, or any other one character
+#: (each Chinese character is a word of its own).
+DIFF_TOKEN = re.compile(r"[A-Za-z0-9_.:/@%+-]+|[ \t]+|.", re.S)
+EMPTY_VALUE = "（空）"
+
+
+def _wrap(tag, text):
+    """``text`` HTML-escaped, inside ``<tag>`` unless empty."""
+    return Markup(f'<{tag} class="diff-{tag}">{escape(text)}</{tag}>') if text else Markup("")
+
+
+def _marked_span(before, after):
+    """A replaced span of text: the characters (tokens) that differ marked, unless the two
+    have too little in common to be read as one edited text."""
+    old, new = DIFF_TOKEN.findall(before), DIFF_TOKEN.findall(after)
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    if matcher.ratio() < 0.3:
+        return _wrap("del", before), _wrap("ins", after)
+    old_out, new_out = [], []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            old_out.append(escape("".join(old[i1:i2])))
+            new_out.append(escape("".join(new[j1:j2])))
+        else:
+            old_out.append(_wrap("del", "".join(old[i1:i2])))
+            new_out.append(_wrap("ins", "".join(new[j1:j2])))
+    return Markup("").join(old_out), Markup("").join(new_out)
+
+
+def _marked(before, after):
+    """``(old html, new html)``: both texts in full, HTML-escaped, with what differs marked
+    (``<del>`` in the old, ``<ins>`` in the new). Lines are compared first (a list or a
+    table is one entry a line), then the characters of the lines that changed."""
+    if not before or not after:
+        return (_wrap("del", before) if before else Markup(EMPTY_VALUE),
+                _wrap("ins", after) if after else Markup(EMPTY_VALUE))
+    old_lines, new_lines = before.split("\n"), after.split("\n")
+    old_out, new_out = [], []
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        old_text, new_text = "\n".join(old_lines[i1:i2]), "\n".join(new_lines[j1:j2])
+        if tag == "equal":
+            old_out.append(escape(old_text))
+            new_out.append(escape(new_text))
+        elif tag == "replace":
+            marked = _marked_span(old_text, new_text)
+            old_out.append(marked[0])
+            new_out.append(marked[1])
+        elif tag == "delete":
+            old_out.append(_wrap("del", old_text))
+        else:
+            new_out.append(_wrap("ins", new_text))
+    return Markup("\n").join(old_out), Markup("\n").join(new_out)
+
+
+def _review(proposal):
+    """The proposal's changes as the approver reads them: per changed record, each changed
+    field with the value in force and the proposed one, marked; added records in full."""
+    found = publish.proposal_changes(current_app.extensions["store"], proposal)
+    for change in found["changes"]:
+        if change["kind"] == "calendar":
+            change["pair"] = _marked(change["before_text"], change["after_text"])
+            continue
+        fields = {f.key: f for f in KIND_FIELDS[change["kind"]]}
+        if change["change"] == "changed":
+            change["rows"] = []
+            for entry in change["fields"]:
+                field = fields[entry["key"]]
+                change["rows"].append((entry["label"], *_marked(
+                    display_value(field, entry["before"]), display_value(field, entry["after"]))))
+        elif change["change"] == "added":
+            change["rows"] = [(label, text) for label, text in
+                              display_rows(KIND_FIELDS[change["kind"]], change["after"]) if text]
+    return found
+
+
 def _render_proposal(proposal, refused=None, reason="", status=200):
     return render_template("county/catalog/proposal.html", proposal=proposal,
-                           changes=proposal.change_list(), refused=refused, reason=reason,
+                           changes=proposal.change_list(), review=_review(proposal),
+                           refused=refused, reason=reason,
                            status=active.catalog_status(_db())), status
 
 

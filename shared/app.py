@@ -7,6 +7,7 @@ from flask import Flask
 
 from shared import config as cfg
 from shared import db as dbmod
+from shared import syncstatus
 from shared.errors import ConfigurationError
 from shared.models import MODELS, migrate
 from shared.catalog import publish
@@ -20,6 +21,34 @@ from shared.store.projections import default_projections
 from shared.store.store import Store
 
 logger = logging.getLogger(__name__)
+
+#: The Content-Security-Policy of every answer. The pages carry their CSS in ``<style>``
+#: (and a few ``style`` attributes), QR codes and flowcharts as inline SVG, and no script
+#: but the print buttons' ``onclick="window.print()"``, allowed by its hash alone.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self' 'unsafe-hashes' 'sha256-MguIPR6qNR8D3B+eAlK+bIRTZe8t3wkOY4B/56Me9FU='",
+    "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data:",
+    "object-src 'none'",
+    "frame-ancestors 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+])
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def security_headers(response):
+    """Add the security headers to every answer, pages and /db alike; a view that set
+    its own (a scan's ``sandbox`` policy) keeps it."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def tier_module(tier):
@@ -84,6 +113,10 @@ def create_app(config=None, node_dir=None):
     def bind_models():
         # One app per process in production; tests run several, each request uses its own.
         dbmod.database.initialize(app.extensions["store"].db)
+
+    app.after_request(security_headers)
+    # A child's signed request answered is its contact: its parent sees who is offline.
+    app.after_request(syncstatus.note_contact)
 
     from shared import couch, nodeapi, staff
     from shared.views import appointments, cases, catalog, dashboard, home, progress, sync

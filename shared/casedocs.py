@@ -25,9 +25,15 @@ EVENT_KINDS = ("accepted", "notice", "supplemented", "transferred", "joined", "a
                "delivery_changed", "complaint_handled", "commitment_checked", "withdrawn",
                # efficiency supervision (issue 6)
                "card", "followed_up", "extended", "clock_stopped", "clock_resumed")
+#: The kinds that make nodes participants (``parties``): the routing of an acceptance,
+#: a transfer, a look-up answered by the county, a change of delivery station and the
+#: station a pre-application waits at. No other kind names any party.
+PARTY_KINDS = ("accepted", "transferred", "joined", "delivery_changed", "preapplied")
 #: Members a builder sets itself; ``**fields`` may not override them.
 EVENT_MEMBERS = ("type", "case", "kind", "node", "hlc", "parties")
 CASE_MEMBERS = ("type", "number", "item", "origin", "handler", "applicant_key", "hlc")
+#: Every member a ``scan:`` document has (besides ``_id``, ``_rev`` …): nothing else.
+SCAN_MEMBERS = ("type", "case", "node", "sha256", "mime", "size", "data")
 
 #: Case numbers carry the origin's date in China Standard Time (UTC+8, no daylight saving).
 CHINA_TIME = BEIJING
@@ -147,7 +153,8 @@ def case_event(number, kind, node, hlc, parties=(), **fields):
     :param node: the authoring node's code.
     :param hlc: the author's HLC string for this event (:meth:`shared.hlc.NodeClock.now`).
     :param parties: node codes this event makes participants (a transfer's new handler,
-        a joining station); omitted from the document when empty.
+        a joining station); omitted from the document when empty. Only the
+        :data:`PARTY_KINDS` name any.
     :param fields: further members of the event (notice text, rating, ...).
     """
     parse_case_number(number)
@@ -158,6 +165,10 @@ def case_event(number, kind, node, hlc, parties=(), **fields):
     if isinstance(parties, str):
         _fail("parties must be a list of node codes, not one string")
     parties = list(dict.fromkeys(check_code(p, "party") for p in parties))
+    if parties and kind not in PARTY_KINDS:
+        _fail(f"an event of kind {kind!r} names no parties (only {', '.join(PARTY_KINDS)} do)")
+    if kind == "joined" and len(parties) > 1:
+        _fail("a joined event names exactly one joining station")
     _check_fields(fields, EVENT_MEMBERS)
     doc = {"_id": event_id(number, hlc, node), "type": "event", "case": number,
            "kind": kind, "node": node, "hlc": hlc}
@@ -230,7 +241,14 @@ def check_doc(doc):
 
 
 def _check_scan(doc):
-    """Validate a ``scan:`` document's members (its content is checked where it is opened)."""
+    """Validate a ``scan:`` document's members (its content is checked where it is opened).
+
+    A scan carries exactly :data:`SCAN_MEMBERS`: a member more (``parties``, say) would
+    be read by someone, so it is refused rather than carried along.
+    """
+    extra = sorted(k for k in doc if not k.startswith("_") and k not in SCAN_MEMBERS)
+    if extra:
+        _fail(f"a scan carries only {', '.join(SCAN_MEMBERS)}, not {', '.join(extra)}")
     number = doc.get("case")
     parse_case_number(number)
     check_code(doc.get("node"), "scan node")
@@ -249,19 +267,33 @@ def _check_scan(doc):
 # -- reading a case ---------------------------------------------------------------------
 
 
+def party_codes(doc):
+    """The codes a case document makes participants: a header's origin and handler, the
+    ``parties`` of an event of a :data:`PARTY_KINDS` kind; nothing for any other document
+    (a scan, an event of another kind), whatever members it carries.
+    """
+    if not isinstance(doc, dict):
+        return []
+    if doc.get("type") == "case":
+        found = [doc.get("origin"), doc.get("handler")]
+    elif doc.get("type") == "event" and doc.get("kind") in PARTY_KINDS and \
+            isinstance(doc.get("parties"), list):
+        found = doc["parties"]
+    else:
+        return []
+    return list(dict.fromkeys(c for c in found if isinstance(c, str) and c))
+
+
 def participants(header, events):
-    """The codes taking part in a case: origin, handler and every event's ``parties``.
+    """The codes taking part in a case: origin, handler and the ``parties`` of every event
+    of a kind that carries them (:func:`party_codes`).
 
     :param header: the case header, or None when it has not arrived yet.
     :returns: a sorted list of node codes.
     """
-    codes = set()
-    if header:
-        codes.update(c for c in (header.get("origin"), header.get("handler")) if c)
+    codes = set(party_codes(header)) if header else set()
     for event in events:
-        parties = event.get("parties") or ()
-        if isinstance(parties, list):
-            codes.update(p for p in parties if isinstance(p, str))
+        codes.update(party_codes(event))
     return sorted(codes)
 
 

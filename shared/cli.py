@@ -1,5 +1,6 @@
 """The ``tongban`` command."""
 
+import errno
 import getpass
 import json
 import logging
@@ -214,10 +215,16 @@ def revoke(node_dir, node_code):
 @click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("id_number")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def lookup(node_dir, id_number, as_json):
+@click.option("--user", "username", default=None,
+              help="The clerk at the counter (a staff account with role clerk or approver; "
+                   "its password is read from the terminal or stdin). Without it only this "
+                   "station's own cases are listed: the region is asked only for a citizen "
+                   "at the counter.")
+def lookup(node_dir, id_number, as_json, username):
     """Find a citizen's cases region-wide (handle anywhere) by ID number."""
-    from shared import identity, nodeapi
+    from shared import errors, identity, nodeapi
     from shared import lookup as lookups
+    from shared.staff import LoginRefused
 
     app = load_app(node_dir)
     store = app.extensions["store"]
@@ -226,12 +233,21 @@ def lookup(node_dir, id_number, as_json):
         store.close()
         _fail("this node has no region key: enrol it first (tongban init --enrol)")
     with app.app_context():
+        clerk = None
+        if username:
+            password = getpass.getpass("密码 / password: ") if sys.stdin.isatty() \
+                else sys.stdin.readline().rstrip("\r\n")
+            try:
+                clerk = lookups.authenticate_clerk(username, password)
+            except (LoginRefused, errors.Forbidden) as refused:
+                store.close()
+                _fail(str(refused))
         client = nodeapi.parent_client(app, timeout=lookups.LOOKUP_TIMEOUT) \
             if app.config.get("PARENT_URL") else None
         try:
             answer = lookups.lookup_from_station(
                 store, nodeapi.node_clock_of_store(app), app.config,
-                identity.person_key(region_key, id_number), client)
+                identity.person_key(region_key, id_number), client, clerk=clerk)
         finally:
             if client is not None:
                 client.close()
@@ -357,16 +373,40 @@ def format_catalog(catalog):
 @click.option("--threads", default=64, show_default=True, type=click.IntRange(1, 512))
 def serve(node_dir, host, port, threads):
     """Serve the node (home page and /db) with waitress."""
-    import waitress
+    from waitress.server import create_server
+
+    from shared import models, serving
 
     app = load_app(node_dir)
-    logger.info("serving %s node %s on http://%s:%s/", app.config["TIER"],
-                app.config["NODE_CODE"], host, port)
-    # Longpoll requests hold a thread each; channel_timeout outlives the longest poll.
-    waitress.serve(app, host=host, port=port, threads=threads, ident="tongban",
-                   channel_timeout=int(app.config["LONGPOLL_MAX_TIMEOUT"]) + 30,
-                   max_request_body_size=app.config["MAX_REQUEST_SIZE"],
-                   clear_untrusted_proxy_headers=True)
+    config = app.config
+    # The feeds' limit in all stays below the threads (shared/serving.py, FeedLimits).
+    config["SERVE_THREADS"] = threads
+    models.set_password_check_threads(config["PASSWORD_CHECK_THREADS"])
+    serving.return_large_blocks()  # a check's 16 MiB is given back when it ends
+    serving.raise_open_file_limit(int(config["SERVE_CONNECTION_LIMIT"]))
+    try:
+        server = create_server(app, host=host, port=port,
+                               **serving.waitress_options(config, threads))
+    except OSError as exc:
+        # One line, no traceback: the usual causes are another server on the port, a
+        # port below 1024 without privileges, or a --host this machine does not have.
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"端口 {port} 已被占用 / port {port} is in use: 请换一个端口（--port）")
+        if exc.errno == errno.EACCES:
+            _fail(f"没有权限使用端口 {port} / permission denied for port {port}: "
+                  "请使用 1024 以上的端口（--port）")
+        if exc.errno == errno.EADDRNOTAVAIL:
+            _fail(f"本机没有地址 {host} / address {host} is not available: 请检查 --host")
+        _fail(f"无法在 {host}:{port} 上监听 / cannot listen on {host}:{port}: {exc.strerror or exc}")
+    logger.info("serving %s node %s on http://%s:%s/", config["TIER"],
+                config["NODE_CODE"], host, port)
+    feeds, per_principal = serving.FeedLimits.limits(config)
+    logger.info("%d threads, up to %d connections; changes feeds: %d at once, %d per "
+                "node or account", threads, config["SERVE_CONNECTION_LIMIT"], feeds,
+                per_principal)
+    serving.limit_header_time(server, float(config["SERVE_HEADER_TIMEOUT"]))
+    server.print_listen("Serving on http://{}:{}")
+    server.run()
 
 
 @main.command()
@@ -533,6 +573,88 @@ def catalog_export(node_dir, file, published):
     finally:
         store.close()
     click.echo(f"exported {len(items)} items and {len(agencies)} agencies to {file}")
+
+
+def _proposal_app(node_dir):
+    app = load_app(node_dir)
+    if app.config["TIER"] != "county":
+        _fail("releases are proposed and approved at the county only")
+    return app
+
+
+@catalog.command("proposal")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def catalog_proposal(node_dir):
+    """The release waiting for approval: its number, who proposed it, what it changes."""
+    from shared.catalog import publish
+
+    app = _proposal_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        with app.app_context(), publish.bound(store.db):
+            proposal = publish.open_proposal()
+            if proposal is None:
+                click.echo("没有等待审批的发布 / no release is waiting for approval")
+                return
+            click.echo(f"release {proposal.number} proposed by {proposal.proposed_by} at "
+                       f"{clock.format_time(proposal.proposed_at)}"
+                       + (f": {proposal.note}" if proposal.note else ""))
+            for change in proposal.change_list():
+                fields = "、".join(change.get("fields") or ())
+                click.echo(f"  {change['change']:8} {change['kind']:8} {change['id']} "
+                           f"{change.get('name') or ''}" + (f"（{fields}）" if fields else ""))
+    finally:
+        store.close()
+
+
+@catalog.command("approve")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--by", "approver", required=True,
+              help="The approving account (role approver; not the proposer).")
+def catalog_approve(node_dir, approver):
+    """Approve and sign the waiting release with the county's key (two people: the
+    approver is never the proposer)."""
+    from shared import identity
+    from shared.catalog import publish
+
+    app = _proposal_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        with app.app_context(), publish.bound(store.db):
+            proposal = publish.open_proposal()
+            if proposal is None:
+                _fail("no release is waiting for approval")
+            try:
+                release = publish.approve(store, proposal.id, approver,
+                                          identity.load_private_key(node_dir))
+            except publish.PublishRefused as refused:
+                _fail(str(refused))
+    finally:
+        store.close()
+    click.echo(f"release {release['number']} approved by {approver}, signed and in force")
+
+
+@catalog.command("withdraw")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--by", "proposer", required=True, help="The account that proposed it.")
+def catalog_withdraw(node_dir, proposer):
+    """Take the waiting release back (its drafts stay, to be edited and proposed again)."""
+    from shared.catalog import publish
+
+    app = _proposal_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        with app.app_context(), publish.bound(store.db):
+            proposal = publish.open_proposal()
+            if proposal is None:
+                _fail("no release is waiting for approval")
+            try:
+                publish.withdraw(proposal.id, proposer)
+            except publish.PublishRefused as refused:
+                _fail(str(refused))
+    finally:
+        store.close()
+    click.echo(f"release {proposal.number} withdrawn by {proposer}; the drafts are kept")
 
 
 @catalog.command("status")

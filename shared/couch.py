@@ -12,14 +12,18 @@ bodies are large and this is the hot path.
 import functools
 import json
 import logging
+import re
 import time
 import uuid
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from shared import __version__, auth, errors
 from shared.store import revs as R
+from shared.store.store import LOCAL_OPERATOR
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,12 @@ CHANGES_CHUNK_ROWS = 500
 #: the changes that follow (a lower bound: counting a scope must not cost a full scan,
 #: and counting every row would tell a caller how much it may not see).
 PENDING_SCAN_ROWS = 10000
+#: Integers in query parameters (``limit``, ``skip``, ``since``, ``timeout``) beyond this
+#: are refused: SQLite's INTEGER is 64-bit, and no database holds more rows or sequences.
+MAX_QUERY_INT = 2 ** 63 - 1
+#: A ``\uD800``–``\uDFFF`` escape: only these can make a lone surrogate, which is no
+#: character and cannot be stored or sent as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -154,12 +164,20 @@ def _reject_constant(name):
 
 
 def parse_json(data):
-    """Decode strict UTF-8 JSON; anything else is CouchDB's "invalid UTF-8 JSON"."""
+    """Decode strict UTF-8 JSON; anything else is CouchDB's "invalid UTF-8 JSON".
+
+    A lone surrogate escape (``"\\ud800"``) decodes to no character at all: CouchDB's
+    parser refuses it, and ours would only fail later, storing or answering it.
+    """
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
-        return json.loads(data, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = json.loads(data, parse_constant=_reject_constant)
+        if "\\u" in data and _SURROGATE_ESCAPE.search(data):
+            # Surrogate escapes are rare (pairs spell emoji); encoding finds a lone one.
+            _encode(value).encode("utf-8")
+        return value
+    except (UnicodeError, ValueError, RecursionError):
         raise errors.BadRequest("invalid UTF-8 JSON") from None
 
 
@@ -195,9 +213,12 @@ def query_int(name, default=None):
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise QueryParseError(f"Invalid value for integer: \"{value}\"") from None
+    if abs(number) > MAX_QUERY_INT:
+        raise QueryParseError(f"Integer value out of range: \"{name}\"")
+    return number
 
 
 def query_json(*names):
@@ -275,6 +296,10 @@ def authenticate():
     """Every /db request carries credentials the policy accepts."""
     if request.method == "OPTIONS" or request.endpoint in PUBLIC_ENDPOINTS:
         return
+    if not request.headers.get("Authorization", "").isascii():
+        # Every scheme we take is ASCII (base64, digits, hex); anything else is no
+        # credential, and must not reach a decoder that takes only ASCII.
+        raise errors.Unauthorized(auth.BAD_CREDENTIALS)
     g.couch_principal = policy().authenticate(request)
 
 
@@ -358,24 +383,64 @@ def ensure_full_commit():
 
 @route("/db/_revs_limit", "GET,PUT")
 def revs_limit():
-    """Read or set how many revisions per branch the store keeps."""
+    """Read or set how many revisions per branch the store keeps (setting it is the node
+    operator's: it changes what every replica of every document keeps)."""
     if request.method == "PUT":
+        require_operator()
         store().set_revs_limit(json_body())
         return json_response({"ok": True})
     return json_response(store().revs_limit)
 
 
+def is_operator(principal):
+    """True for a caller who runs this node: a full-scope account of its own.
+
+    Other nodes and scoped accounts (a village's tablet) are never: they sign or log in
+    to replicate their scope, not to change the database.
+    """
+    return principal.kind == "account" and principal.attributes.get("full") is True
+
+
+def require_operator():
+    """Refuse a database setting to anyone but the node operator, as CouchDB refuses a
+    member that is not a database admin."""
+    if not is_operator(g.couch_principal):
+        raise errors.Forbidden("You are not a db or server admin.")
+
+
 # -- documents ---------------------------------------------------------------------------
+
+def _check_path_utf8():
+    """Refuse a document path whose bytes are not UTF-8 (``%ED%A0%80``, a surrogate).
+
+    Werkzeug decodes such a path with replacement characters: without this check, a PUT
+    would store the document under an id the client never sent. CouchDB answers a write
+    with ``illegal_docid``; a read finds nothing.
+    """
+    environ = request.environ
+    try:
+        # PATH_INFO holds the decoded bytes (as latin-1) under waitress; the request line
+        # as sent is the only trace of them where the WSGI layer replaced them already.
+        environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+        if raw:
+            unquote_to_bytes(raw.encode("latin-1").split(b"?", 1)[0]).decode("utf-8")
+    except UnicodeError:
+        if request.method in ("GET", "HEAD"):
+            raise errors.NotFound("missing") from None
+        raise errors.InvalidDocId("Document id must be valid UTF-8") from None
+
 
 def _check_doc_path(doc_id):
     """Only design documents may have a ``/`` in their id (no attachments here)."""
+    _check_path_utf8()
     if "/" in doc_id and not doc_id.startswith("_design/"):
         if request.method in ("GET", "HEAD"):
             raise errors.NotFound("missing")
         raise errors.BadRequest("Attachments are not supported")
 
 
-@route("/db/<path:doc_id>", "DELETE,GET,HEAD,PUT")
+@route("/db/<couchpath:doc_id>", "DELETE,GET,HEAD,PUT")
 def document(doc_id):
     """One document: read (incl. ``open_revs``), write, delete."""
     _check_doc_path(doc_id)
@@ -476,23 +541,49 @@ def delete_document(doc_id):
     return json_response({"ok": True, "id": doc_id, "rev": rev}, 200, etag(rev))
 
 
-@route("/db/_local/<path:local_id>", "DELETE,GET,HEAD,PUT")
+def local_owner(principal):
+    """Whose ``_local`` documents ``principal`` reads and writes: its own.
+
+    A replication id is computable by anyone (from ``GET /`` and the peers' URLs), so a
+    shared namespace let any caller read, move or delete another's checkpoint. Each
+    caller now has its own: a node by its signed code, an account by its name. Clients
+    see nothing of it (``_local/<id>`` as ever).
+    """
+    return f"{principal.kind}:{principal.name}"
+
+
+def _get_own_local(local_id, principal):
+    """``principal``'s ``_local/{local_id}``; the node operator also reads, when it has
+    none of its own, the node's (which holds every document of a store from before
+    documents had owners, so its replications resume where they were)."""
+    try:
+        return store().get_local(local_id, owner=local_owner(principal))
+    except errors.NotFound:
+        if not is_operator(principal):
+            raise
+    return store().get_local(local_id, owner=LOCAL_OPERATOR)
+
+
+@route("/db/_local/<couchpath:local_id>", "DELETE,GET,HEAD,PUT")
 def local_document(local_id):
-    """Checkpoints and other node-local documents: never replicated, never in _changes."""
+    """Checkpoints and other caller-local documents: never replicated, never in _changes,
+    each caller's its own (``local_owner``)."""
+    _check_path_utf8()
     doc_id = f"_local/{local_id}"
+    principal = g.couch_principal
     if request.method in ("GET", "HEAD"):
         if not readable(doc_id):
             raise errors.NotFound("missing")
-        return json_response(store().get_local(local_id))
+        return json_response(_get_own_local(local_id, principal))
     if request.method == "DELETE":
-        policy().check_write(g.couch_principal, doc_id, {"_deleted": True}, None)
-        store().delete_local(local_id)
+        policy().check_write(principal, doc_id, {"_deleted": True}, None)
+        store().delete_local(local_id, owner=local_owner(principal))
         return json_response({"ok": True, "id": doc_id, "rev": "0-0"})
     doc = json_body()
     if not isinstance(doc, dict):
         raise errors.BadRequest("Document must be a JSON object")
-    policy().check_write(g.couch_principal, doc_id, doc, None)
-    rev = store().put_local(local_id, doc)
+    policy().check_write(principal, doc_id, doc, None)
+    rev = store().put_local(local_id, doc, owner=local_owner(principal))
     return json_response({"ok": True, "id": doc_id, "rev": rev}, 201)
 
 
@@ -671,7 +762,7 @@ def _readable_all_docs(*, limit, skip, **options):
     The store pages in SQL; rows the policy hides are refilled by reading on from the
     last id seen, so one query suffices whenever everything is readable.
     """
-    wanted = None if limit is None else skip + limit
+    wanted = None if limit is None else min(skip + limit, MAX_QUERY_INT)
     rows = []
     total, chunk = store().all_docs(limit=wanted, **options)
     while True:
@@ -694,8 +785,9 @@ def parse_since():
         return store().update_seq()
     text = value.strip('"')
     # Accept CouchDB-style "N-opaque" sequences a client may echo back from another peer
-    # only when N is ours; anything else is malformed.
-    if text.isdigit():
+    # only when N is ours; anything else is malformed (as are Unicode digits, and
+    # numbers no sequence reaches: SQLite's INTEGER is 64-bit).
+    if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_QUERY_INT:
         return int(text)
     raise errors.BadRequest("Malformed sequence supplied in 'since' parameter.")
 
@@ -777,64 +869,147 @@ def changes():
         rows, last_seq, pending = read(since, limit, descending)
         return Response(_normal_body(rows, last_seq, pending), mimetype="application/json")
 
+    # waitress says when the client has gone (serve reads ahead on every connection): a
+    # feed whose client left ends within DISCONNECT_CHECK_SECONDS, not at its timeout.
+    client_gone = request.environ.get("waitress.client_disconnected") or (lambda: False)
+
     def wait(seq, deadline):
         """Wait for a change after ``seq``: yields heartbeat newlines, then True on a change.
 
-        Ends without yielding True when the deadline passes first.
+        Ends without yielding True when the deadline passes first, or the client goes.
         """
-        while True:
-            remaining = deadline - time.monotonic()
+        beat_at = time.monotonic() + heartbeat if heartbeat else None
+        while not client_gone():
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return
-            step = min(remaining, heartbeat) if heartbeat else remaining
+            step = min(remaining, DISCONNECT_CHECK_SECONDS)
+            if beat_at is not None:
+                step = max(0.0, min(step, beat_at - now))
             if feed_store.wait_for_change(seq, step):
                 yield True
                 return
-            if heartbeat and deadline - time.monotonic() > 0:
+            now = time.monotonic()
+            if beat_at is not None and now >= beat_at and deadline - now > 0:
+                beat_at = now + heartbeat
                 yield "\n"
 
     if feed == "longpoll":
-        def longpoll():
-            rows, last_seq, pending = read(since, limit)
-            deadline = time.monotonic() + timeout
-            while not rows:
-                changed = yield from _relay(wait(last_seq, deadline))
-                if not changed:
-                    break
-                # A change the filters drop leaves rows empty: keep waiting after it.
-                rows, last_seq, pending = read(last_seq, limit)
-            yield from _normal_body(rows, last_seq, pending)
+        rows, last_seq, pending = read(since, limit)
+        if rows:
+            # Nothing to wait for: answered at once, without a feed slot.
+            return Response(_normal_body(rows, last_seq, pending),
+                            mimetype="application/json")
+        release, refused = _feed_slot(principal)
+        if refused is not None:
+            return refused
 
-        return Response(longpoll(), mimetype="application/json")
+        def longpoll():
+            nonlocal rows, last_seq, pending
+            try:
+                deadline = time.monotonic() + timeout
+                while not rows:
+                    changed = yield from _relay(wait(last_seq, deadline))
+                    if client_gone():
+                        return
+                    if not changed:
+                        break
+                    # A change the filters drop leaves rows empty: keep waiting after it.
+                    rows, last_seq, pending = read(last_seq, limit)
+                yield from _normal_body(rows, last_seq, pending)
+            finally:
+                release()
+
+        return _feed_response(longpoll(), release, "application/json")
 
     eventsource = feed == "eventsource"
+    release, refused = _feed_slot(principal)
+    if refused is not None:
+        return refused
 
     def continuous():
-        seq, sent = since, 0
-        deadline = time.monotonic() + timeout
-        while True:
-            rows, seq_after = feed_store.changes(
-                seq, limit=None if limit is None else limit - sent, row_filter=row_filter(),
-                **options)
-            for row in rows:
-                if eventsource:
-                    yield f"data: {_encode(row)}\nid: {row['seq']}\n\n"
-                else:
-                    yield _encode(row) + "\n"
-            sent += len(rows)
-            seq = seq_after
-            if rows:
-                deadline = time.monotonic() + timeout
-            if limit is not None and sent >= limit:
-                break
-            changed = yield from _relay(wait(seq, deadline))
-            if not changed:
-                break
-        if not eventsource:
-            yield _encode({"last_seq": seq, "pending": 0}) + "\n"
+        try:
+            seq, sent = since, 0
+            deadline = time.monotonic() + timeout
+            while True:
+                rows, seq_after = feed_store.changes(
+                    seq, limit=None if limit is None else limit - sent,
+                    row_filter=row_filter(), **options)
+                for row in rows:
+                    if eventsource:
+                        yield f"data: {_encode(row)}\nid: {row['seq']}\n\n"
+                    else:
+                        yield _encode(row) + "\n"
+                sent += len(rows)
+                seq = seq_after
+                if rows:
+                    deadline = time.monotonic() + timeout
+                if limit is not None and sent >= limit:
+                    break
+                changed = yield from _relay(wait(seq, deadline))
+                if client_gone():
+                    return
+                if not changed:
+                    break
+            if not eventsource:
+                yield _encode({"last_seq": seq, "pending": 0}) + "\n"
+        finally:
+            release()
 
-    return Response(continuous(), mimetype="text/event-stream" if eventsource
-                    else "application/json")
+    return _feed_response(continuous(), release, "text/event-stream" if eventsource
+                          else "application/json")
+
+
+#: How often a waiting feed looks whether its client is still there (seconds).
+DISCONNECT_CHECK_SECONDS = 1.0
+#: ``Retry-After`` of a feed refused for the limits (seconds).
+FEED_RETRY_AFTER = 10
+
+
+def _feed_slot(principal):
+    """Take one of the feed slots of the app for ``principal`` (shared/serving.py).
+
+    :returns: ``(release, None)``, ``release`` giving the slot back (idempotent), or
+        ``(None, response)``: 429 when the principal holds ``FEED_MAX_PER_PRINCIPAL``
+        feeds already, 503 when the node holds ``FEED_MAX_CONCURRENT``.
+    """
+    from shared import serving
+
+    app = current_app._get_current_object()
+    limits = app.extensions.get("couch_feed_limits")
+    if limits is None:
+        limits = app.extensions.setdefault("couch_feed_limits", serving.FeedLimits())
+    total, per_principal = serving.FeedLimits.limits(app.config)
+    key = (principal.kind, principal.name)
+    refused = limits.acquire(key, total, per_principal)
+    if refused is None:
+        released = []
+
+        def release():
+            if not released:
+                released.append(True)
+                limits.release(key)
+        return release, None
+    headers = {"Retry-After": str(FEED_RETRY_AFTER)}
+    who = f"节点 {principal.name}" if principal.kind == "node" else f"账户 {principal.name}"
+    logger.info("changes feed of %s %s refused: %s limit reached", principal.kind,
+                   principal.name, refused)
+    if refused == "principal":
+        return None, error_response(
+            429, "too_many_requests",
+            f"{who}同时打开的变更订阅已达上限（{per_principal} 个），请稍后再试", headers)
+    return None, error_response(
+        503, "service_unavailable",
+        f"本节点同时打开的变更订阅已达上限（{total} 个），请稍后再试", headers)
+
+
+def _feed_response(body, release, mimetype):
+    """A streamed feed whose slot is given back when the server closes it (also when the
+    body never started: a client gone before the first chunk)."""
+    response = Response(body, mimetype=mimetype)
+    response.call_on_close(release)
+    return response
 
 
 def _relay(events):
@@ -862,6 +1037,8 @@ def _heartbeat_seconds():
     if millis <= 0:
         raise errors.BadRequest(
             "The heartbeat value should be a positive integer (in milliseconds).")
+    if millis > MAX_QUERY_INT:  # a float cannot hold it: refused like CouchDB's bad ints
+        raise QueryParseError(f"Invalid heartbeat value: \"{value[:40]}\"")
     return millis / 1000.0
 
 
@@ -874,8 +1051,16 @@ def _normal_body(rows, last_seq, pending):
     yield f'\n],\n"last_seq":{last_seq},"pending":{pending}}}\n'
 
 
+class CouchPathConverter(PathConverter):
+    """A document id in a path: anything, newlines too (Werkzeug's ``path`` stops at one,
+    and the id would fall through to the app's HTML 404)."""
+
+    regex = "[^/][\\s\\S]*?"
+
+
 def init_app(app):
     """Register the /db endpoints, their error mapping and the default access policy."""
     if "couch_policy" not in app.extensions:
         auth.init_app(app)
+    app.url_map.converters["couchpath"] = CouchPathConverter
     app.register_blueprint(bp)

@@ -248,11 +248,38 @@ def seed_catalog(county, known):
         store.close()
 
 
+def revision_skipped(county):
+    """Why the demo does not publish its revision this time, in one line, or None.
+
+    It is published once: a restart finds it in force; a release someone left waiting for
+    approval (an interrupted run, or the authoring pages) is left for them to decide.
+    """
+    from shared.catalog import active, publish
+
+    store, _ = _open_county(county)
+    try:
+        with publish.bound(store.db):
+            waiting = publish.open_proposal()
+            if waiting is not None:
+                return (f"第 {waiting.number} 号发布正等待审批（{waiting.proposed_by} 提交），本次不发布"
+                        "示范修订；用 tongban catalog proposal / approve / withdraw 处理 / "
+                        f"release {waiting.number} is waiting for approval: the revision "
+                        "is skipped")
+        item = active.active_item(store.db, REVISED_ITEM)
+        if item and item["name"].endswith(REVISION_SUFFIX):
+            number = active.active_number(store.db)
+            return (f"示范修订已发布，第 {number} 号发布在用 / the demo's revision is in "
+                    f"force already (release {number})")
+        return None
+    finally:
+        store.close()
+
+
 def revise_catalog(county):
     """Edit one item at the county and publish the next release (editor, then approver).
 
-    The item's name gets :data:`REVISION_SUFFIX` (once) and its notes say when, so every
-    run publishes a release that nodes visibly receive. Returns the new release number.
+    The item's name gets :data:`REVISION_SUFFIX` and its notes say when. Returns the new
+    release number and the item's name.
     """
     from shared.catalog import publish
 
@@ -478,9 +505,14 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
         first_arrival = wait_for_release(nodes, first, setup_done, timeout, echo, timed=False)
         echo("")
         changed_at = time.monotonic()
-        number, name = revise_catalog(county)
-        echo(f"县级发布 / the county publishes release {number}: {REVISED_ITEM} → {name}")
-        arrival = wait_for_release(nodes, number, changed_at, timeout, echo)
+        skipped = revision_skipped(county)
+        if skipped:
+            echo(f"  跳过 / skipped: {skipped}")
+            number, arrival = first, first_arrival
+        else:
+            number, name = revise_catalog(county)
+            echo(f"县级发布 / the county publishes release {number}: {REVISED_ITEM} → {name}")
+            arrival = wait_for_release(nodes, number, changed_at, timeout, echo)
         echo("")
         echo("一件办件走完全程 / one case end to end:")
         for node in nodes:
@@ -493,12 +525,22 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
         for node in nodes:
             echo(f"  {INDENT[node.tier]}{node.code:12} {lines[node.code]}")
         echo("")
-        echo(f"目录编辑 / catalog authoring: {county.url}/admin/catalog (accounts {EDITOR} and "
-             f"{APPROVER}, passwords in {known.path})")
         echo(f"公开目录 / public catalog at any node, e.g. {nodes[-1].url}/catalog")
-        echo(f"窗口受理 / the window: {village.url}/cases/window (account clerk); "
-             f"审批 / approvals: {village.parent.url}/cases/ (account approver); "
-             f"passwords in {known.path}")
+        echo(f"账号 / accounts (passwords in {known.path}):")
+        for url, account, purpose in (
+                (f"{village.url}/cases/window", "clerk", "窗口人员：受理、一次性告知、送达 / "
+                                                         "the window at each village"),
+                (f"{village.parent.url}/cases/", "approver", "审批人员：镇级审批 / decides at each "
+                                                             "township"),
+                (f"{village.parent.url}/dashboard/", "supervisor", "督查人员：镇级效能督查 / "
+                                                                   "the township's dashboard"),
+                (f"{county.url}/dashboard/", "supervisor", "督查人员：全县效能督查、红牌跟进 / "
+                                                           "the county's dashboard"),
+                (f"{county.url}/admin/catalog", EDITOR, "县级管理员：编辑目录、提交发布 / "
+                                                        "edits and proposes the catalog"),
+                (f"{county.url}/admin/catalog", APPROVER, "审批人员：审批并签发目录 / approves "
+                                                          "and signs releases")):
+            echo(f"  {account:10} {url:40} {purpose}")
         result = {"first": first_arrival, "release": number, "revision": arrival,
                   "info": lines, "case": case}
         if exit_when_synced:

@@ -25,7 +25,8 @@ CASE_CITIZEN = "441521199005122318"
 #: Staff per tier: (username, role, full name, office phone).
 STAFF = {
     "village": (("clerk", "clerk", "窗口人员", "0660-3300001"),),
-    "township": (("approver", "approver", "审批人员", "0660-3300002"),),
+    "township": (("approver", "approver", "审批人员", "0660-3300002"),
+                 ("supervisor", "supervisor", "督查人员", "0660-3300003")),
     # The county's approver is the catalog's (shared.demo.APPROVER); it decides cases too.
     "county": (("supervisor", "supervisor", "督查人员", "0660-3300004"),),
 }
@@ -129,35 +130,57 @@ def _wait(what, predicate, timeout):
         time.sleep(0.2)
 
 
+#: Where ``demo-secrets.json`` keeps the demo case's number, so a restart resumes it.
+CASE_KEY = "demo_case"
+
+
 def run_case(village, township, known, echo, timeout=60.0):
     """Take one case from the village's window through the township and back.
 
-    :returns: ``{"number", "to_township", "decision_back", "total"}`` (seconds).
+    A restart never adds a second demo case: the number is kept in the demo secrets, a
+    case left half-way is taken on from where it stands, a finished one is only named.
+
+    :returns: ``{"number", "to_township", "decision_back", "total", "skipped"}`` (seconds).
     """
     clerk = StaffSession(village, "clerk", known.known[staff_key(village, "clerk")])
     approver = StaffSession(township, "approver", known.known[staff_key(township, "approver")])
     started = time.monotonic()
-    number = accept_at_window(clerk, village.code)
-    echo(f"  {village.label}: 窗口受理 / accepted case {number} ({CASE_ITEM})")
+    number = known.known.get(CASE_KEY)
+    status = clerk.status(number) if number else None
+    if status == "done":
+        echo(f"  跳过 / skipped: 示范办件 {number} 已办结 / the demo case is done already")
+        return {"number": number, "to_township": 0.0, "decision_back": 0.0, "total": 0.0,
+                "skipped": True}
+    if status is None:
+        number = accept_at_window(clerk, village.code)
+        known.add(CASE_KEY, number)
+        echo(f"  {village.label}: 窗口受理 / accepted case {number} ({CASE_ITEM})")
+        status = "handling"
+    else:
+        echo(f"  {village.label}: 继续办理 / resuming case {number} ({status})")
     due = clerk.due(number)
     if due:
         mark = f"（暂定：{due[1]}）/ provisional" if due[1] else ""
         echo(f"  {village.label}: 办结期限 / due {due[0]}{mark}")
-    _wait("the case reaches the township", lambda: approver.status(number) == "handling",
-          timeout)
-    to_township = time.monotonic() - started
-    echo(f"  {township.label}: 进入审批队列 / in the approver's queue after "
-         f"{to_township:.1f} s")
-    approver.post(f"/cases/{number}/approve", {"result": "准予纳入最低生活保障"})
-    decided = time.monotonic()
-    _wait("the decision reaches the village", lambda: clerk.status(number) == "ready",
-          timeout)
-    back = time.monotonic() - decided
-    echo(f"  {village.label}: 审批结果已到站 / the decision arrived after {back:.1f} s")
-    clerk.post(f"/cases/{number}/deliver", {"to": "applicant"})
+    to_township = back = 0.0
+    if status == "handling":
+        _wait("the case reaches the township", lambda: approver.status(number) == "handling",
+              timeout)
+        to_township = time.monotonic() - started
+        echo(f"  {township.label}: 进入审批队列 / in the approver's queue after "
+             f"{to_township:.1f} s")
+        approver.post(f"/cases/{number}/approve", {"result": "准予纳入最低生活保障",
+                                                   "confirm": "1"})
+        decided = time.monotonic()
+        _wait("the decision reaches the village", lambda: clerk.status(number) == "ready",
+              timeout)
+        back = time.monotonic() - decided
+        echo(f"  {village.label}: 审批结果已到站 / the decision arrived after {back:.1f} s")
+    clerk.post(f"/cases/{number}/deliver", {"to": "applicant", "collector_id": CASE_CITIZEN,
+                                            "confirm": "1"})
     total = time.monotonic() - started
     echo(f"  {village.label}: 结果已送达 / delivered; the case took {total:.1f} s end to end")
     echo(f"  办理进度 / progress: {village.url}/progress/{number} "
          "（输入申请人姓名“示范申请人”）")
     return {"number": number, "to_township": to_township, "decision_back": back,
-            "total": total}
+            "total": total, "skipped": False}

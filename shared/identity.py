@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -179,6 +180,9 @@ def _format_ts(ts):
 
 
 _AUTH_PARAM = re.compile(r'\s*([a-z]+)=("?)([^",]*)\2\s*(?:,|$)')
+#: A timestamp as ``RequestSigner`` writes it: unix seconds, decimal, no sign or exponent
+#: (``float`` alone also takes ``nan``, ``inf``, ``1e9`` and ``1_0``).
+_TIMESTAMP = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 
 
 def parse_authorization(header_value):
@@ -206,10 +210,9 @@ def parse_authorization(header_value):
     if not re.fullmatch(r"[0-9]{6,12}", fields["node"]) or \
             not re.fullmatch(r"[0-9a-f]{16,64}", fields["nonce"]):
         raise errors.Unauthorized("malformed Tongban-Node authorization header")
-    try:
-        fields["ts"] = float(fields["ts"])
-    except ValueError as exc:
-        raise errors.Unauthorized("malformed timestamp in Tongban-Node authorization") from exc
+    if not _TIMESTAMP.fullmatch(fields["ts"]):
+        raise errors.Unauthorized("malformed timestamp in Tongban-Node authorization")
+    fields["ts"] = float(fields["ts"])
     return fields
 
 
@@ -270,6 +273,10 @@ class RequestVerifier:
         """
         now = self.clock()
         ts = fields["ts"]
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+            # NaN compares false with everything: it would pass the window and the
+            # process-start check, and its request could be replayed after a restart.
+            raise errors.Unauthorized("malformed timestamp in Tongban-Node authorization")
         if abs(ts - now) > self.window:
             raise ClockSkew(f"clock skew: request time {ts:.0f} is {ts - now:+.0f} s from "
                             f"this node's clock", now)

@@ -3,6 +3,8 @@
 import hashlib
 import hmac
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from peewee import CharField, DateTimeField, Model, TextField
 
@@ -23,16 +25,50 @@ def hash_password(password):
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
 
 
+#: Password checks run on this many dedicated threads, and nowhere else. Each scrypt takes
+#: 16 MiB: 64 request threads checking at once took 64 x 16 MiB; a small fixed pool bounds
+#: how many run at once, and so the memory they take (``tongban serve`` also has glibc
+#: give each check's block back when it ends: ``serving.return_large_blocks``). serve sets
+#: it from ``PASSWORD_CHECK_THREADS``.
+PASSWORD_CHECK_THREADS = 2
+_checks = None
+_checks_lock = threading.Lock()
+
+
+def set_password_check_threads(count):
+    """Run at most ``count`` password checks at once (before the first check)."""
+    global PASSWORD_CHECK_THREADS, _checks
+    with _checks_lock:
+        PASSWORD_CHECK_THREADS = max(1, int(count))
+        old, _checks = _checks, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def _check_pool():
+    global _checks
+    with _checks_lock:
+        if _checks is None:
+            _checks = ThreadPoolExecutor(max_workers=PASSWORD_CHECK_THREADS,
+                                         thread_name_prefix="password-check")
+        return _checks
+
+
 def check_password(stored, password):
-    """True when ``password`` matches a hash made by ``hash_password``."""
+    """True when ``password`` matches a hash made by ``hash_password``.
+
+    The scrypt runs on the password-check pool (``PASSWORD_CHECK_THREADS`` at once); the
+    caller waits for it.
+    """
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
     except ValueError:
         return False
     if scheme != "scrypt":
         return False
-    candidate = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt),
-                               n=int(n), r=int(r), p=int(p))
+    candidate = _check_pool().submit(
+        hashlib.scrypt, password.encode("utf-8"), salt=bytes.fromhex(salt),
+        n=int(n), r=int(r), p=int(p)).result()
     return hmac.compare_digest(candidate.hex(), digest)
 
 

@@ -4,15 +4,20 @@
 node relays the request to its parent and keeps the new registry entry at once, so the
 child can sync with it before the registry comes down by replication.
 
+``POST /sync/lookup`` answers (or relays up) a handle-anywhere look-up: node-signed
+requests only, each naming the clerk at the asking station's counter (``shared.lookup``).
+``GET /sync/lookups`` shows the supervisors the look-ups answered here and the alarms of
+stations that asked too often.
+
 Answers are JSON ``{"error", "reason"}`` on failure, like the ``/db`` endpoints.
 """
 
 import json
 import logging
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, render_template_string, request
 
-from shared import errors, identity, registry
+from shared import clock, errors, identity, registry
 from shared.enrolment import store_registry
 from shared.nodeclient import NodeClient, ParentUnreachable
 
@@ -32,6 +37,8 @@ def _json(obj, status=200, headers=None):
 
 @bp.errorhandler(errors.TongbanError)
 def _domain_error(exc):
+    if exc.error == "too_many_requests":  # lookup.LookupThrottled
+        return _json({"error": exc.error, "reason": str(exc)}, 429)
     if isinstance(exc, errors.PeerError) and not isinstance(exc, ParentUnreachable):
         # The parent's refusal passes down with its status and reason.
         status = exc.status if exc.status and exc.status < 500 else 502
@@ -128,12 +135,13 @@ def lookup():
     from shared import lookup as lookups
 
     principal = auth.get_policy().authenticate(request)
-    body = request_json()
-    node = principal.attributes.get("node")
+    # A look-up hands over a citizen's cases: it starts at a clerk's counter and travels
+    # up signed by the nodes; no account (a tablet's, a script's) may ask.
+    node = principal.attributes.get("node") if principal.kind == "node" else None
     if node is None:
-        if not principal.attributes.get("full") or not body.get("for"):
-            raise errors.Forbidden("only a node, or a full-scope account naming one, may ask")
-        node = current_app.config["NODE_CODE"]
+        raise errors.Forbidden("a look-up is made at a station's counter and relayed by "
+                               "signed node requests; accounts may not ask")
+    body = request_json()
     client = parent_client(timeout=lookups.LOOKUP_TIMEOUT) \
         if current_app.config.get("PARENT_URL") else None
     try:
@@ -143,6 +151,46 @@ def lookup():
         if client is not None:
             client.close()
     return _json(answer)
+
+
+LOOKUPS_PAGE = """{% extends "base.html" %}
+{% block title %}通办查询监督 · 通办服务站{% endblock %}
+{% block heading %}通办查询监督{% endblock %}
+{% block content %}
+<p class="hint">本节点答复的全区通办查询（每次查询都写入审计日志）。每个站点每小时最多答复
+{{ limit }} 次，超过即暂停该站点的查询并在此告警。时间均为北京时间。</p>
+<h2>告警</h2>
+{% if alarms %}<table id="lookup-alarms">
+<tr><th>时间</th><th>站点</th><th>情况</th></tr>
+{% for a in alarms %}<tr class="alarm" data-station="{{ a.station }}"><td>{{ when(a.at) }}</td>
+<td>{{ a.station }}</td><td>{{ a.message }}</td></tr>{% endfor %}
+</table>{% else %}<p id="no-alarms">没有告警。</p>{% endif %}
+<h2>最近的查询</h2>
+<table id="lookups">
+<tr><th>时间</th><th>站点</th><th>发起人</th><th>结果</th></tr>
+{% for l in lookups %}<tr data-station="{{ l.station }}"><td>{{ when(l.at) }}</td>
+<td>{{ l.station }}</td><td>{{ l.clerk }}</td>
+<td>{% if l.refused %}已拒绝（超过上限）{% else %}找到 {{ l.hits }} 件{% endif %}</td></tr>
+{% endfor %}
+</table>
+<style>.alarm { color: #c0392b; font-weight: bold; } p.hint { color: #606266; }</style>
+{% endblock %}"""
+
+
+@bp.route("/lookups")
+def lookups_page():
+    """The supervisors' view of the look-ups answered here and of the throttle's alarms."""
+    from shared import lookup as lookups
+    from shared import staff
+
+    refusal = staff.check_access(("supervisor", "county_admin"))
+    if refusal is not None:
+        return refusal
+    db = current_app.extensions["store"].db
+    return render_template_string(
+        LOOKUPS_PAGE, alarms=lookups.alarms(db), lookups=lookups.recent_lookups(db),
+        limit=lookups.limit_per_hour(current_app.config),
+        when=lambda at: clock.format_time(at, seconds=True, label=False))
 
 
 def init_app(app):

@@ -10,6 +10,18 @@ callers. :class:`NodePolicy` answers couch.py's questions for two kinds of calle
 * Basic-auth accounts with the ``replicator`` role, for standard CouchDB and PouchDB
   clients; an account's ``scope`` is a node code (it sees what that node sees) or ``*``.
 
+Writes are scoped as strictly as reads, on every path (``_bulk_docs`` with or without
+``new_edits``, ``PUT``, ``DELETE``). A case document names its author (a header its
+``origin``, an event or scan its ``node``): the writer or a node below it, and, but for a
+header, a participant of the case or a node above one. Who takes part changes only through
+the kinds that carry ``parties`` (``casedocs.PARTY_KINDS``), for nodes of the registry,
+and a node new to the case only as the kind allows it: a ``joined`` event by the county
+(its answer to a look-up), a transfer by the node the case is with to a township or the
+county, the accepting station's routing (the nodes above it) and delivery station, a
+change of delivery station, a pre-application's station, each only where the fold takes
+it. A refusal says the same for a case that is not here as for one the writer may not read.
+Catalog documents are the county's: no node and no scoped account writes them.
+
 :class:`CaseParties` keeps who takes part in each case (``case_party``). When a case
 gains a participant it asks the store to re-announce the case's documents, so the
 new participant (and its ancestors) receive them after whatever checkpoint they hold.
@@ -42,6 +54,15 @@ LOCAL_PREFIX = "_local/"
 
 CATALOG_REASON = "catalog documents come only from the county"
 IMMUTABLE_REASON = "case headers and events are immutable; write a new event instead"
+#: One answer for a case that is not here and for a case the writer may not read.
+NOT_A_PARTICIPANT_REASON = ("case {number} is not known here, or node {author} does not take "
+                            "part in it: a case's documents come from its participants and "
+                            "the nodes above them (send its header first)")
+JOIN_REASON = "only the county joins a station to a case (its answer to a look-up)"
+#: The member naming whom each party kind makes a participant.
+PARTY_MEMBERS = {"transferred": "its target (to)", "delivery_changed": "its station",
+                 "preapplied": "its station",
+                 "accepted": "its route and its delivery station"}
 
 
 def case_number(doc_id):
@@ -58,6 +79,15 @@ def case_number(doc_id):
 def _codes(values):
     """The strings among ``values`` (a participant list may hold anything as sent)."""
     return {value for value in values if isinstance(value, str) and value}
+
+
+def _header_codes(doc):
+    return _codes([doc.get("origin"), doc.get("handler")])
+
+
+def _event_codes(doc):
+    """The participants an ``event:`` document adds (none for a kind that carries none)."""
+    return set(casedocs.party_codes(doc)) if doc.get("type") == "event" else set()
 
 
 # -- participants ----------------------------------------------------------------------
@@ -86,13 +116,12 @@ class CaseParties:
             if doc is None:
                 continue
             number = case_number(doc_id)
-            if number is None:
+            if number is None or doc_id.startswith(SCAN_PREFIX):
                 continue
-            if doc_id.startswith(CASE_PREFIX):
-                codes = _codes([doc.get("origin"), doc.get("handler")])
-            else:
-                parties = doc.get("parties")
-                codes = _codes(parties) if isinstance(parties, list) else set()
+            # Only a header and the kinds that carry participants name any: a scan or a
+            # rating listing "parties" makes nobody a participant.
+            codes = _header_codes(doc) if doc_id.startswith(CASE_PREFIX) else \
+                _event_codes(doc)
             if codes:
                 offered.setdefault(number, set()).update(codes)
         if not offered:
@@ -198,8 +227,10 @@ class Scope:
         self.node = principal.attributes.get("node")
         self._participants = {}
         self._readable_cases = {}
-        # Written earlier in this batch (the projection runs only after the checks).
-        self._headers = set()
+        # Written earlier in this batch (the projection runs only after the checks):
+        # headers and events by case number, and the participants they add.
+        self._headers = {}
+        self._events = {}
         self._joined = {}
 
     def is_above(self, ancestor, code):
@@ -262,25 +293,39 @@ class Scope:
         return f"node {self.node}" if self.node else "this account"
 
     def _check_case_document(self, doc_id, number, doc, state, new_edits):
+        """The write policy of a case's documents (docs/sync.md, "Scopes").
+
+        In this order, so that a refusal never tells whether a case the writer cannot
+        read exists: who the document names as its author and its shape (neither looks
+        at the case), then whether that author takes part in the case (one answer for an
+        absent case and for another's), then who it makes a participant, and only then
+        whether the document is held already.
+        """
         is_header = doc_id.startswith(CASE_PREFIX)
+        is_event = doc_id.startswith(EVENT_PREFIX)
         if not self.full:
+            if doc.get("_deleted") is True:
+                raise errors.Forbidden(IMMUTABLE_REASON)
             if is_header:
                 self._check_origin(doc)
-            elif doc_id.startswith(SCAN_PREFIX):
-                self._check_scan(doc)
             else:
-                self._check_event(doc_id, number, doc)
-        self._check_immutable(doc, state, new_edits)
-        if not self.full:
-            # A node sends only what the builders make: the id agrees with the body.
+                self._check_author(doc_id, doc, is_event)
+            # A node sends only what the builders make: the id agrees with the body, a
+            # scan carries no member more, only the party kinds name parties.
             casedocs.check_doc(doc)
-        # The batch's later events may rely on what this one adds (header first).
+            if not is_header:
+                self._check_participant(number, doc.get("node"))
+            if is_event:
+                self._check_parties(number, doc)
+        self._check_immutable(doc, state, new_edits)
+        # The batch's later documents may rely on what this one adds (header first).
         if is_header:
-            self._headers.add(number)
-            codes = _codes([doc.get("origin"), doc.get("handler")])
+            self._headers[number] = doc
+            codes = _header_codes(doc)
         else:
-            parties = doc.get("parties")
-            codes = _codes(parties) if isinstance(parties, list) else set()
+            codes = _event_codes(doc) if is_event else set()
+            if is_event:
+                self._events.setdefault(number, []).append(doc)
         if codes:
             self._joined.setdefault(number, set()).update(codes)
             self._readable_cases.pop(number, None)
@@ -291,25 +336,87 @@ class Scope:
             raise errors.Forbidden(
                 f"a case header must originate at {self._who()} or below it")
 
-    def _check_scan(self, doc):
+    def _check_author(self, doc_id, doc, is_event):
+        """Every case document names its author (``node``): the writer or a node below it."""
         author = doc.get("node")
         if self.node is None or not self.is_above(self.node, author):
-            raise errors.Forbidden(f"a scan must be made by {self._who()} or below it")
+            what = "an event must be authored" if is_event else "a scan must be made"
+            raise errors.Forbidden(f"{what} by {self._who()} or below it")
+        if is_event:
+            id_parts = doc_id.split(":")
+            if len(id_parts) != 4 or id_parts[3] != author:
+                raise errors.Forbidden("an event's id must end with its author's code")
 
-    def _check_event(self, doc_id, number, doc):
-        author = doc.get("node")
-        id_parts = doc_id.split(":")
-        if self.node is None or not self.is_above(self.node, author):
-            raise errors.Forbidden(f"an event must be authored by {self._who()} or below it")
-        if len(id_parts) != 4 or id_parts[3] != author:
-            raise errors.Forbidden("an event's id must end with its author's code")
-        parties = doc.get("parties")
+    def _check_participant(self, number, author):
+        """The author takes part in the case or is above a participant (and its header is
+        here). The same words for a case that is not here and for one it may not read."""
+        if not self._case_known(number) or not self.node_may_read_case(author, number):
+            raise errors.Forbidden(NOT_A_PARTICIPANT_REASON.format(number=number,
+                                                                   author=author))
+
+    def _check_parties(self, number, doc):
+        """Who an event makes a participant: registered nodes only, and a node new to the
+        case only through the kind that carries it, written by the node entitled to."""
+        parties = doc.get("parties") or []
         if not parties:
             return
-        if not self._case_known(number):
-            raise errors.Forbidden(f"case {number} is not known here; send its header first")
-        if not self.node_may_read_case(author, number):
-            raise errors.Forbidden(f"node {author} does not take part in case {number}")
+        unknown = [code for code in parties if self.cache.lookup(self.db, code) is None]
+        if unknown:
+            raise errors.Forbidden(f"{', '.join(unknown)} not in the registry: "
+                                   "only registered nodes take part in a case")
+        held = self.participants(number)
+        new = [code for code in parties if code not in held]
+        if new:
+            self._check_joining(number, doc, new)
+
+    def _check_joining(self, number, doc, new):
+        kind, author = doc.get("kind"), doc.get("node")
+        if kind == "joined":
+            # Handle anywhere: the county answers a clerk's look-up; nobody else joins.
+            entry = self.cache.lookup(self.db, author)
+            if entry is None or entry.tier != "county":
+                raise errors.Forbidden(JOIN_REASON)
+            return
+        route = doc.get("route") if isinstance(doc.get("route"), list) else []
+        granted = {"transferred": [doc.get("to")],
+                   "delivery_changed": [doc.get("station")],
+                   "preapplied": [doc.get("station")],
+                   "accepted": [*route, doc.get("delivery_station")]}[kind]
+        stray = [code for code in new if code not in granted]
+        if stray:
+            raise errors.Forbidden(f"a {kind} event makes only {PARTY_MEMBERS[kind]} a "
+                                   f"participant, not {', '.join(stray)}")
+        if kind == "transferred":
+            entry = self.cache.lookup(self.db, doc.get("to"))
+            if entry is None or entry.tier not in ("township", "county"):
+                raise errors.Forbidden("a case is transferred to a township or the county only")
+        if kind == "accepted":
+            # The routing of the accepting station: the nodes above it (and the station
+            # the citizen collects the result at).
+            off_route = [code for code in new if code != doc.get("delivery_station") and
+                         not self.is_above(code, author)]
+            if off_route:
+                raise errors.Forbidden(f"the route of an acceptance at {author} runs through "
+                                       f"the nodes above it, not {', '.join(off_route)}")
+        refusal = self._fold_refusal(number, doc)
+        if refusal:
+            # A transfer by a node the case is not with, a second acceptance …: the fold
+            # would ignore it, so it may not add anyone either.
+            raise errors.Forbidden(f"a {kind} event by node {author} does not fit case "
+                                   f"{number} as it stands: {refusal}")
+
+    def _fold_refusal(self, number, doc):
+        """Why the fold of the case as held (this batch included) ignores ``doc``, or None."""
+        from shared.cases import fold
+        from shared.cases.index import read_case
+
+        header, events = read_case(self.db, number)
+        header = self._headers.get(number) or header
+        held = {event["_id"] for event in events}
+        events += [e for e in self._events.get(number, ()) if e.get("_id") not in held]
+        state = fold.fold(header, events + [doc])
+        return next((entry["reason"] for entry in state["ignored"]
+                     if entry["event"] == doc.get("_id")), None)
 
     def _case_known(self, number):
         if number in self._headers:

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("staff", __name__)
 
+#: Cookie name prefixes; each node appends its code (:func:`session_cookie`), so two nodes
+#: on one host (the demo: 127.0.0.1, ports 8600–8606) never log each other's staff out.
 COOKIE_NAME = "tongban_session"
 LOGIN_CSRF_COOKIE = "tongban_login_csrf"
 CSRF_FIELD = "csrf_token"
@@ -79,6 +81,21 @@ MESSAGE_PAGE = """{% extends "base.html" %}
 def now():
     """The current time as a naive UTC datetime (tests replace this function)."""
     return clock.utcnow().replace(tzinfo=None)
+
+
+def _per_node(prefix, app=None):
+    code = (app or current_app).config.get("NODE_CODE") or ""
+    return f"{prefix}_{code}" if code else prefix
+
+
+def session_cookie(app=None):
+    """This node's staff session cookie name (``tongban_session_<node code>``)."""
+    return _per_node(COOKIE_NAME, app)
+
+
+def login_csrf_cookie(app=None):
+    """This node's login-form CSRF cookie name."""
+    return _per_node(LOGIN_CSRF_COOKIE, app)
 
 
 def hash_token(token):
@@ -287,9 +304,9 @@ def load_staff():
     An expired session, or one whose account is gone or lost every page role, is deleted
     and its cookie cleared. A live session's idle clock restarts.
     """
-    session = StaffSession.find(request.cookies.get(COOKIE_NAME))
+    session = StaffSession.find(request.cookies.get(session_cookie()))
     if session is None:
-        if request.cookies.get(COOKIE_NAME):
+        if request.cookies.get(session_cookie()):
             g._staff_clear_cookie = True
         return None
     at = now()
@@ -326,7 +343,7 @@ def _login_csrf_token():
     token = g.get("_login_csrf")
     if token is None:
         try:
-            token = _login_serializer().loads(request.cookies.get(LOGIN_CSRF_COOKIE, ""))
+            token = _login_serializer().loads(request.cookies.get(login_csrf_cookie(), ""))
         except BadSignature:
             token = None
         if not isinstance(token, str) or not token:
@@ -372,6 +389,28 @@ def message_page(status, title, message):
     """A small Chinese page with one message, as a response with ``status``."""
     body = render_template_string(MESSAGE_PAGE, title=title, message=message)
     return current_app.response_class(body, status=status, mimetype="text/html")
+
+
+#: Plain Chinese pages for the errors a person can meet (CouchDB-style JSON under /db).
+ERROR_PAGES = {
+    404: ("找不到页面", "您要找的页面不存在。请检查网址，或返回首页。"),
+    405: ("不能这样操作", "该页面不支持这种操作。请返回上一页，按页面上的按钮重试。"),
+    413: ("提交的内容太大", "上传的文件或填写的内容超过了本站允许的大小。请缩小文件后再试。"),
+    500: ("服务出错", "本站暂时无法完成这次请求，请稍后再试；如一再出现，请联系管理员。"),
+}
+_COUCH_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                 500: "unknown_error"}
+
+
+def error_page(exc):
+    """An HTTP error as a person reads it (a CouchDB client under /db gets JSON)."""
+    code = getattr(exc, "code", None) or 500
+    if request.path == "/db" or request.path.startswith(("/db/", "/sync/")):
+        body = {"error": _COUCH_ERRORS.get(code, "unknown_error"),
+                "reason": getattr(exc, "description", "") or ""}
+        return current_app.json.response(body), code
+    title, message = ERROR_PAGES.get(code, ERROR_PAGES[500])
+    return message_page(code, title, message)
 
 
 def _login_redirect():
@@ -444,7 +483,7 @@ def _login_page(target, error=None, status=200, username=""):
 
 
 def _set_session_cookie(response, token):
-    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Lax", path="/",
+    response.set_cookie(session_cookie(), token, httponly=True, samesite="Lax", path="/",
                         secure=bool(current_app.config.get("STAFF_COOKIE_SECURE"))
                         or request.is_secure)
 
@@ -473,7 +512,7 @@ def login():
         return _login_page(target, exc.reason, username=username)
     at = now()
     # A session the browser already held is replaced, never reused (session fixation).
-    old = StaffSession.find(request.cookies.get(COOKIE_NAME))
+    old = StaffSession.find(request.cookies.get(session_cookie()))
     if old is not None:
         old.delete_instance()
     StaffSession.purge(at, idle_timeout())
@@ -482,7 +521,7 @@ def login():
     logger.info("%s logged in from %s", account.username, address)
     response = redirect(target)
     _set_session_cookie(response, token)
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+    response.delete_cookie(login_csrf_cookie(), path="/")
     g._login_csrf_new = False
     return response
 
@@ -495,25 +534,44 @@ def logout():
         if not csrf_valid(staff.csrf_token):
             return message_page(400, "请求无效", CSRF_REJECTED)
         StaffSession.delete().where(
-            StaffSession.token_hash == hash_token(request.cookies[COOKIE_NAME])).execute()
+            StaffSession.token_hash == hash_token(request.cookies[session_cookie()])).execute()
         logger.info("%s logged out", staff.username)
     response = redirect(url_for("staff.login"))
-    response.delete_cookie(COOKIE_NAME, path="/")
+    response.delete_cookie(session_cookie(), path="/")
     return response
 
 
 def _after_request(response):
     """Set or clear this module's cookies; keep pages carrying tokens out of caches."""
     if g.get("_login_csrf_new"):
-        response.set_cookie(LOGIN_CSRF_COOKIE, _login_serializer().dumps(g._login_csrf),
+        response.set_cookie(login_csrf_cookie(), _login_serializer().dumps(g._login_csrf),
                             httponly=True, samesite="Lax", path="/",
                             secure=bool(current_app.config.get("STAFF_COOKIE_SECURE"))
                             or request.is_secure)
     if g.get("_staff_clear_cookie"):
-        response.delete_cookie(COOKIE_NAME, path="/")
+        response.delete_cookie(session_cookie(), path="/")
     if g.get("staff") is not None or g.get("_login_csrf") is not None:
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def station_title():
+    """``<station name> · 通办服务站``: every page says which station it is."""
+    name = current_app.config.get("NODE_NAME") or ""
+    return f"{name} · 通办服务站" if name else "通办服务站"
+
+
+def offline_banner():
+    """For a logged-in staff member's page: the station's offline banner, or None."""
+    from shared import syncstatus
+
+    if current_staff() is None:
+        return None
+    try:
+        return syncstatus.offline_banner(current_app.extensions["store"], current_app.config)
+    except Exception:  # noqa: BLE001 - a page never fails on its banner
+        logger.exception("cannot work out the offline banner")
+        return None
 
 
 def init_app(app):
@@ -525,5 +583,8 @@ def init_app(app):
     app.extensions["store"].db.create_tables([StaffSession, LoginFailure], safe=True)
     app.register_blueprint(bp)
     app.after_request(_after_request)
+    for code in ERROR_PAGES:
+        app.register_error_handler(code, error_page)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=csrf_field,
-                                 current_staff=current_staff)
+                                 current_staff=current_staff, offline_banner=offline_banner,
+                                 station_title=station_title)

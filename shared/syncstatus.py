@@ -24,6 +24,7 @@ This module must not import ``syncd``: serve reads what syncd writes.
 import datetime
 import json
 import logging
+import threading
 
 from shared import clock
 
@@ -61,11 +62,11 @@ STATUS_DOC_MIN_INTERVAL = 60.0
 #: ...and at least this often, changed or not, so that its last contact shows.
 STATUS_DOC_MAX_INTERVAL = 600.0
 #: Members of a status document whose change is worth a new revision.
-STATUS_DOC_CHANGES = ("state", "pending_push", "pending_pull", "error_kind", "catalog")
+STATUS_DOC_CHANGES = ("state", "pending_cases", "error_kind", "catalog")
 
 COLUMNS = ("link", "peer", "state", "last_success", "last_pull", "last_push",
            "last_attempt", "error_kind", "error", "failures", "doc_failures",
-           "pending_push", "pending_pull", "next_retry", "updated")
+           "pending_push", "pending_pull", "next_retry", "updated", "push_seq")
 
 TABLE = """CREATE TABLE IF NOT EXISTS sync_link (
     link TEXT PRIMARY KEY,
@@ -82,8 +83,11 @@ TABLE = """CREATE TABLE IF NOT EXISTS sync_link (
     pending_push INTEGER,
     pending_pull INTEGER,
     next_retry REAL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    push_seq INTEGER
 )"""
+#: Columns added after the table's first shape, with their types (``ensure`` adds them).
+ADDED_COLUMNS = {"push_seq": "INTEGER"}
 
 
 class LinkStatusTable:
@@ -96,8 +100,12 @@ class LinkStatusTable:
         self.db = db
 
     def ensure(self):
-        """Create the table when it does not exist."""
+        """Create the table when it does not exist; add the columns an older one lacks."""
         self.db.execute_sql(TABLE)
+        have = {row[1] for row in self.db.execute_sql("PRAGMA table_info(sync_link)").fetchall()}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute_sql(f"ALTER TABLE sync_link ADD COLUMN {column} {kind}")
 
     def save(self, row):
         """Insert or replace one link's row (a dict with the keys of ``COLUMNS``)."""
@@ -143,7 +151,10 @@ class LinkStatusTable:
         except Exception as exc:  # peewee wraps sqlite3.OperationalError
             if "no such table" in str(exc):
                 return []
-            raise
+            if "no such column" not in str(exc):
+                raise
+            self.ensure()  # a table an older syncd made: add the new columns, read again
+            return self.all()
         return [dict(zip(COLUMNS, values)) for values in cursor.fetchall()]
 
 
@@ -278,11 +289,13 @@ def catalog_report(db):
             "alarm": status["alarms"][0]["message"] if status["alarms"] else None}
 
 
-def build_status_doc(code, tier, row, reported_at, catalog=None):
+def build_status_doc(code, tier, row, reported_at, catalog=None, pending_cases=None):
     """Node ``code``'s status document from its main link's row.
 
     :param reported_at: unix seconds, corrected by the clock offset to the parent when
         one is known (a village clock a day off would otherwise look a day stale).
+    :param pending_cases: how many cases written here are not uploaded yet
+        (:func:`unsent_cases`): the figure a supervisor reads, the same the station shows.
     """
     return {
         "_id": status_doc_id(code),
@@ -297,6 +310,7 @@ def build_status_doc(code, tier, row, reported_at, catalog=None):
         "last_push": iso(row.get("last_push")),
         "pending_push": row.get("pending_push"),
         "pending_pull": row.get("pending_pull"),
+        "pending_cases": pending_cases,
         "catalog": catalog,
     }
 
@@ -340,13 +354,38 @@ def _is_below(code, ancestor, nodes):
     return False
 
 
-def node_overview(store, own_code, now=None):
+def _judge_online(entry, contact, now, offline_after=None):
+    """Online or not from the age of the last contact — this node's own record of a
+    child's requests, else the reported time of its relayed status — never from the state
+    a node last reported about itself (a node that stopped cannot say so)."""
+    direct = contact is not None
+    last = max(v for v in (contact, entry.get("reported_at"), 0.0) if v is not None)
+    offline_after = offline_after or CHILD_OFFLINE_AFTER
+    limit = offline_after if direct else max(offline_after, REPORT_OFFLINE_AFTER)
+    entry["last_contact"] = last or None
+    entry["online"] = bool(last) and now - last <= limit
+    if last:
+        entry["last_contact_text"] = format_time_ago(last, now)
+    if not last:
+        entry["state_label"] = "从未联系"
+    elif not entry["online"]:
+        entry["state_label"] = f"离线（{format_duration(now - last)}未联系）"
+    elif entry.get("state") in ("backing_off", "refused"):
+        entry["state_label"] = "在线，但其上级链路异常"
+    else:
+        entry["state_label"] = "在线"
+    if entry.get("pending_cases"):
+        entry["state_label"] += f"，待上传 {entry['pending_cases']} 件办件"
+
+
+def node_overview(store, own_code, now=None, offline_after=None):
     """Every node below ``own_code`` with its last contact and lag, in code order.
 
     Nodes come from the ``node_registry`` table when it exists, otherwise from the status
     documents this node holds; a registered node that never reported is listed too.
     """
     now = clock.time() if now is None else now
+    offline_after = offline_after or CHILD_OFFLINE_AFTER
     _, rows = store.all_docs(startkey=STATUS_DOC_PREFIX, endkey=STATUS_DOC_PREFIX + "\ufff0",
                              include_docs=True)
     reports = {row["doc"].get("code"): row["doc"] for row in rows
@@ -354,6 +393,7 @@ def node_overview(store, own_code, now=None):
     nodes = {r["code"]: dict(r) for r in _registry_rows(store.db)}
     for code, doc in reports.items():
         nodes.setdefault(code, {"code": code, "tier": doc.get("tier")})
+    seen = contacts(store.db)
     result = []
     for code in sorted(c for c in nodes if isinstance(c, str)):
         if not _is_below(code, own_code, nodes):
@@ -377,16 +417,160 @@ def node_overview(store, own_code, now=None):
                 else format_duration(now - last_success),
                 "pending_push": doc.get("pending_push"),
                 "pending_pull": doc.get("pending_pull"),
+                "pending_cases": doc.get("pending_cases"),
                 "catalog": doc.get("catalog"),
             })
         else:
             entry.update({"state": None, "state_label": "从未报告", "message": "",
                           "last_contact_text": "从未", "lag_text": "-", "lag": None,
-                          "pending_push": None, "pending_pull": None, "catalog": None})
+                          "pending_push": None, "pending_pull": None, "pending_cases": None,
+                          "catalog": None})
+        _judge_online(entry, seen.get(code), now, offline_after)
         if node.get("status") == "revoked":
             entry["state_label"] = "已吊销"
+            entry["online"] = False
         result.append(entry)
+    # Below a node that is offline nothing can be known: its reports cannot come through.
+    down = {e["code"] for e in result if not e["online"]}
+    for entry in result:
+        parent = nodes.get(entry["code"], {}).get("parent") or \
+            (entry["code"][:9] if len(entry["code"]) == 12 else None)
+        if parent in down and entry["online"]:
+            entry["online"] = False
+            entry["state_label"] = f"状态不明（上级 {parent} 离线）"
     return result
+
+
+# -- when each node below last reached us --------------------------------------------------
+
+#: Seconds without contact after which a node that talks to this one directly (a child:
+#: its syncd holds a longpoll here, answered at least every minute) is offline.
+CHILD_OFFLINE_AFTER = 150.0
+#: The same for a node further down, known only by its relayed status documents (written
+#: at least every :data:`STATUS_DOC_MAX_INTERVAL`).
+REPORT_OFFLINE_AFTER = STATUS_DOC_MAX_INTERVAL * 1.5
+#: A contact is written at most this often per node (every request would be a write).
+CONTACT_WRITE_EVERY = 15.0
+CONTACT_TABLE = """CREATE TABLE IF NOT EXISTS node_contact (
+    code TEXT PRIMARY KEY, last_seen REAL NOT NULL)"""
+
+_contacts = {}
+_contacts_lock = threading.Lock()
+
+
+def note_contact(response):
+    """``after_request``: a request signed by a node and answered (not refused) is a
+    contact from that node; remember when, so its parent sees at a glance who is offline.
+
+    A refused signature gets 401 and is never counted: a forged header proves nothing.
+    """
+    from flask import current_app, request
+
+    from shared import identity
+
+    if response.status_code in (401, 403) or not request.path.startswith(("/db", "/sync")):
+        return response
+    try:
+        fields = identity.parse_authorization(request.headers.get("Authorization"))
+    except Exception:  # noqa: BLE001 - malformed: the request was refused anyway
+        return response
+    if not fields:
+        return response
+    now = clock.time()
+    store = current_app.extensions["store"]
+    key = (id(store), fields["node"])
+    with _contacts_lock:
+        if now - _contacts.get(key, 0.0) < CONTACT_WRITE_EVERY:
+            return response
+        _contacts[key] = now
+    try:
+        with store.db.atomic():
+            store.db.execute_sql(CONTACT_TABLE)
+            store.db.execute_sql(
+                "INSERT INTO node_contact (code, last_seen) VALUES (?, ?) ON CONFLICT(code) "
+                "DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+                (fields["node"], now))
+    except Exception:  # noqa: BLE001 - a page or feed never fails on its bookkeeping
+        logger.exception("cannot record the contact of %s", fields["node"])
+    return response
+
+
+def contacts(db):
+    """``{code: last contact (unix seconds)}`` of the nodes that talk to this one."""
+    try:
+        return dict(db.execute_sql("SELECT code, last_seen FROM node_contact").fetchall())
+    except Exception as exc:  # noqa: BLE001 - no contact yet: no table
+        if "no such table" in str(exc):
+            return {}
+        raise
+
+
+# -- what a station has not uploaded yet ----------------------------------------------------
+
+#: Seconds a case written here may wait for its upload before the station counts as
+#: offline whatever syncd last said (its write trigger pushes within a second or two).
+UNSENT_GRACE = 10.0
+#: Changes looked at for the banner (a station offline for weeks still answers quickly).
+UNSENT_SCAN = 5000
+
+
+def unsent_cases(store, node_code, link="parent", now=None):
+    """The cases this station wrote that its parent has not received yet.
+
+    Read from the store itself — everything changed after the sequence syncd last pushed
+    up to (``sync_link.push_seq``) — so the figure is true whatever the daemon's state.
+
+    :returns: ``{"count", "numbers" (oldest first, at most 20), "oldest_age" (seconds since
+        the oldest unsent event was written, or None)}``.
+    """
+    from shared.scopes import case_number
+
+    now = clock.time() if now is None else now
+    row = LinkStatusTable(store.db).get(link)
+    since = (row or {}).get("push_seq") or 0
+    rows, _ = store.changes(since, limit=UNSENT_SCAN)
+    numbers, oldest = {}, None
+    for entry in rows:
+        doc_id = entry["id"]
+        number = case_number(doc_id)
+        if number is None or not number.startswith(f"{node_code}-"):
+            continue
+        parts = doc_id.split(":")
+        if doc_id.startswith("event:"):
+            if len(parts) != 4 or parts[3] != node_code:
+                continue  # written elsewhere and received here: not ours to upload
+            if parts[2][:15].isdigit():
+                written = int(parts[2][:15]) / 1000.0
+                oldest = written if oldest is None else min(oldest, written)
+        elif not doc_id.startswith("case:"):
+            continue  # scans travel with their events
+        numbers.setdefault(number, None)
+    listed = list(numbers)
+    return {"count": len(listed), "numbers": listed[:20],
+            "oldest_age": None if oldest is None else max(0.0, now - oldest)}
+
+
+def offline_banner(store, config, now=None):
+    """What every staff page says when this station cannot upload (None when it can).
+
+    Offline when the parent link is down or refused, when syncd is not running, or when a
+    case written here has waited longer than :data:`UNSENT_GRACE` — the last one catches a
+    link that hangs rather than fails, long before a longpoll or a round times out.
+    """
+    if not config.get("PARENT_URL"):
+        return None
+    now = clock.time() if now is None else now
+    row = LinkStatusTable(store.db).get("parent")
+    view = link_view(row, now) if row else None
+    unsent = unsent_cases(store, config["NODE_CODE"], now=now)
+    late = unsent["count"] and (unsent["oldest_age"] is None
+                                or unsent["oldest_age"] > UNSENT_GRACE)
+    offline = bool(late) or view is None or view["offline"]
+    if not offline:
+        return None
+    reason = (view["message"] or view["state_label"]) if view else "同步程序未运行"
+    return {"offline": True, "reason": reason, "count": unsent["count"],
+            "numbers": unsent["numbers"]}
 
 
 # -- the working-day calendar's alarms ---------------------------------------------------
@@ -456,7 +640,8 @@ def status_report(store, config, now=None):
         "now": now,
         "links": links,
         "summary": overall(links),
-        "nodes": node_overview(store, config.get("NODE_CODE"), now),
+        "nodes": node_overview(store, config.get("NODE_CODE"), now,
+                               offline_after=config.get("NODE_OFFLINE_AFTER")),
         "catalog": catalog_report(store.db),
         "calendar": calendar_report(store.db),
     }

@@ -402,7 +402,7 @@ class SyncDaemon:
     def _save(self, link, now):
         """Write ``link``'s status row; a failure to do so is logged, never raised."""
         try:
-            self.table.save(dict(link.row, updated=now))
+            self.table.save(dict(link.row, updated=now, push_seq=link.push_seq))
         except Exception:
             logger.exception("%s link: cannot record its status", link.name)
 
@@ -431,9 +431,10 @@ class SyncDaemon:
         offset = getattr(main.remote.signer, "offset", 0.0) or 0.0
         code = self.config["NODE_CODE"]
         try:
-            doc = syncstatus.build_status_doc(code, self.config["TIER"], main.row,
-                                              now + offset,
-                                              syncstatus.catalog_report(self.store.db))
+            doc = syncstatus.build_status_doc(
+                code, self.config["TIER"], main.row, now + offset,
+                syncstatus.catalog_report(self.store.db),
+                pending_cases=syncstatus.unsent_cases(self.store, code)["count"])
             try:
                 old = self.store.get(doc["_id"])
             except errors.NotFound:

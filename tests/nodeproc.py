@@ -8,6 +8,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import random
 import shutil
 import socket
@@ -265,3 +266,15 @@ def start_syncd(node_dir, *, env=None, verbose=1):
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     log.close()
     return Proc(process, None, log_path)
+
+
+def staff_session(node, username, password):
+    """A browser logged in at ``node`` as staff ``username``."""
+    browser = requests.Session()
+    page = browser.get(node.url + "/login", timeout=10).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    response = browser.post(node.url + "/login", allow_redirects=False, timeout=10,
+                            data={"username": username, "password": password,
+                                  "csrf_token": token})
+    assert response.status_code == 302, response.text
+    return browser

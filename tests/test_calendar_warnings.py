@@ -258,8 +258,9 @@ def test_the_catalog_pages_show_beijing_time_labelled(county, monkeypatch):
     facts = text(editor.get(proposal))
     assert re.search(r"<th>提交时间</th><td>2026-11-15 09:0\d（北京时间）</td>", facts)
     assert re.search(r"boss（2026-11-15 09:0\d（北京时间））", facts)
+    # The station's figures on the home page are for staff: the release time among them.
     assert re.search(r"签发于 2026-11-15 09:0\d（北京时间）",
-                     text(county.test_client().get("/", headers={"Accept": "text/html"})))
+                     text(editor.get("/", headers={"Accept": "text/html"})))
 
 
 def test_sync_status_and_info_print_beijing_time_labelled(runner, county_dir, monkeypatch):

@@ -220,14 +220,22 @@ def test_accept_notice_supplement_elsewhere_approve_deliver_rate(region, browser
     expect(approver.locator("#status")).to_have_attribute("data-status", "handling")
     approver.locator("#action-approve input[name=result]").fill("准予纳入低保，每月发放")
     approver.locator("#action-approve").get_by_role("button", name="审批通过").click()
+    # Irreversible: a confirmation page says what will be done before it is.
+    expect(approver.locator("#confirm-title")).to_have_text("请确认：审批通过")
+    expect(approver.locator("#confirm-summary")).to_contain_text("准予纳入低保，每月发放")
+    approver.get_by_role("button", name="审批通过（确认）").click()
     expect(approver.locator("#status")).to_have_attribute("data-status", "ready")
 
     # 4. Village A: the result arrives and is handed over.
     eventually(lambda: (region.state(VILLAGE_A, number) or {}).get("status") == "ready",
                "the decision reaches village A", timeout=60)
     clerk_a.goto(f"/cases/{number}")
+    clerk_a.locator("#action-deliver input[name=collector_id]").fill(CITIZEN)
     clerk_a.locator("#action-deliver").get_by_role("button", name="确认送达").click()
+    expect(clerk_a.locator("#confirm-summary")).to_contain_text("申请人本人")
+    clerk_a.get_by_role("button", name="确认送达（确认）").click()
     expect(clerk_a.locator("#status")).to_have_attribute("data-status", "done")
+    expect(clerk_a.locator("#delivered")).to_contain_text("已核验证件")
 
     # 5. The citizen, no login: progress on village A's public page, then a rating.
     citizen = open_page(browser, region.nodes[VILLAGE_A].url)
@@ -254,3 +262,21 @@ def test_accept_notice_supplement_elsewhere_approve_deliver_rate(region, browser
                "every node folds the same state", timeout=60)
     assert states[0]["status"] == "done" and states[0]["rating"]["score"] == 5
     assert states[0]["delivered"]["node"] == VILLAGE_A and states[0]["ignored"] == []
+
+
+def test_one_browser_stays_logged_in_at_two_nodes_on_one_host(region, browser):
+    # The demo's nodes all live on 127.0.0.1 and cookies are per host, not per port: each
+    # node names its own cookies, so logging in at the township keeps the village session.
+    context = browser.new_context(locale="zh-CN")
+    context.set_default_timeout(TIMEOUT_MS)
+    village, township = region.nodes[VILLAGE_A].url, region.nodes[TOWNSHIP].url
+    page = context.new_page()
+    log_in(page, village + "/cases/", "clerk-a")
+    log_in(page, township + "/cases/", "approver-t")
+    page.goto(village + "/cases/")
+    expect(page.locator("#staff-user")).to_have_text("clerk-a")
+    page.goto(township + "/cases/")
+    expect(page.locator("#staff-user")).to_have_text("approver-t")
+    names = {c["name"] for c in context.cookies()}
+    assert {f"tongban_session_{VILLAGE_A}", f"tongban_session_{TOWNSHIP}"} <= names
+    context.close()

@@ -202,8 +202,8 @@ def test_accept_at_the_window_prints_a_receipt_with_number_and_qr(kit):
     url = f"http://localhost/progress/{number}"
     assert f'id="progress-url">{url}<' in html
     assert qr_svg(url, title="扫码查询办理进度") in html
-    assert "陈**" in html and "陈阿婆" not in html
-    assert "0660-3333000" in html and "12345" in html
+    assert "陈阿婆" in html  # the applicant's own paper: the name in full
+    assert "0660-6612349" in html and "12345" in html  # the item's consultation phone
     assert "@media print" in html
 
 
@@ -217,7 +217,7 @@ def test_notice_lists_every_missing_material_and_the_case_continues_elsewhere(ki
     html = text(clerk.get(f"/cases/{number}/notice"))
     rows = re.findall(r'class="material-name">([^<]+)<', html)
     assert rows == ["社会保障卡或本人银行账户信息", "城乡居民基本养老保险待遇领取申请表（通知表）"]
-    assert "未签名" in html and "一次性告知" in html and "0660-3333000" in html
+    assert "未签名" in html and "一次性告知" in html and "0660-6612333" in html
     assert clerk.get(f"/cases/{number}/receipt").status_code == 409
     # The citizen brings everything to village B, which finds the case and continues it.
     kit.join(VILLAGE_B, number)
@@ -292,19 +292,35 @@ def test_approver_queue_approve_and_deliver_through_the_pages(kit):
     assert refused.status_code == 409
     assert "不予批准须写明理由" in text(refused)
     assert state_of(kit.store(TOWNSHIP).db, number)["status"] == F.HANDLING
+    form = {"result": "准予纳入低保", "licence_name": "低保证", "licence_number": "DB-001",
+            "licence_valid_until": "2030-12-31"}
+    # An irreversible decision is confirmed first: the page says what will be done.
+    asked = approver.post(f"/cases/{number}/approve", data={**form, "csrf_token": csrf(approver)})
+    assert asked.status_code == 200 and "请确认：审批通过" in text(asked)
+    assert "准予纳入低保" in text(asked) and "低保证 DB-001" in text(asked)
+    assert state_of(kit.store(TOWNSHIP).db, number)["status"] == F.HANDLING  # not yet
     approved = approver.post(f"/cases/{number}/approve", data={
-        "result": "准予纳入低保", "licence_name": "低保证", "licence_number": "DB-001",
-        "licence_valid_until": "2030-12-31", "csrf_token": csrf(approver)})
+        **form, "confirm": "1", "csrf_token": csrf(approver)})
     assert approved.status_code == 302
     assert "已审批通过" in text(approver.get(approved.location))
     kit.sync()
     ready = text(clerk.get("/cases/"))
     assert 'id="count-ready">1<' in ready
-    delivered = clerk.post(f"/cases/{number}/deliver",
-                           data={"to": "applicant", "csrf_token": csrf(clerk)})
+    # Delivery checks who collects: another person's number is refused, nothing changes.
+    wrong = clerk.post(f"/cases/{number}/deliver", data={
+        "to": "applicant", "collector_id": AGENT, "confirm": "1", "csrf_token": csrf(clerk)})
+    assert wrong.status_code == 409 and "领取人证件号码与申请人不符" in text(wrong)
+    asked = clerk.post(f"/cases/{number}/deliver", data={
+        "to": "applicant", "collector_id": CITIZEN, "csrf_token": csrf(clerk)})
+    assert "请确认：确认送达" in text(asked) and "申请人本人" in text(asked)
+    assert state_of(kit.store(VILLAGE_A).db, number)["status"] == F.READY
+    delivered = clerk.post(f"/cases/{number}/deliver", data={
+        "to": "applicant", "collector_id": CITIZEN, "confirm": "1", "csrf_token": csrf(clerk)})
     assert delivered.status_code == 302
     state = state_of(kit.store(VILLAGE_A).db, number)
     assert state["status"] == F.DONE and state["delivered"]["node"] == VILLAGE_A
+    assert state["delivered"]["id_checked"] is True
+    assert "申请人本人领取（已核验证件） · 经办人 王小明" in text(clerk.get(f"/cases/{number}"))
     html = text(clerk.get(f"/cases/{number}"))
     assert 'data-status="done"' in html
     assert "李审批" in html and "0660-3300002" in html  # the approver in the timeline
@@ -407,7 +423,7 @@ def test_parallel_departments_give_opinions_and_the_lead_decides(kit):
     # All opinions are in: only the lead department decides.
     assert "由牵头部门（农业农村）作出决定" in text(land.get(f"/cases/{number}"))
     assert lead.post(f"/cases/{number}/approve",
-                     data={"csrf_token": csrf(lead)}).status_code == 302
+                     data={"confirm": "1", "csrf_token": csrf(lead)}).status_code == 302
     assert state_of(kit.store(TOWNSHIP).db, number)["status"] == F.READY
 
 
@@ -682,6 +698,32 @@ def test_work_list_links_home_and_appointments_and_counts_todays_bookings(kit):
     approver = login(kit, TOWNSHIP, "approver-t")
     board = text(approver.get("/cases/"))
     assert 'id="bookings-count"' not in board and 'id="link-appointments"' not in board
+
+
+def test_the_clerk_sees_her_stations_cases_in_progress_elsewhere(kit):
+    clerk = login(kit, VILLAGE_A, "clerk-a")
+    number = accept_low_income(kit, clerk)
+    kit.sync()
+    kit.apps[VILLAGE_A].config["PARENT_URL"] = "http://127.0.0.1:9"  # a village has a parent
+    html = text(clerk.get("/cases/"))
+    section = block(html, "section-accepted_here")
+    assert "本站受理的在办件" in section and "不计入待办" in section
+    row = section[section.index(f'data-number="{number}"'):]
+    row = row[:row.index("</tr>")]
+    # Where it is now, its deadline, and that it has not reached the township yet.
+    assert "海城镇" in row and "尚未上传" in row
+    assert re.search(r'class="due">20[0-9]{2}-[0-9]{2}-[0-9]{2}', row)
+    assert 'id="count-total">0<' in html  # nothing to do here: the township decides it
+    # Once syncd has pushed past it, the row says so.
+    store = kit.store(VILLAGE_A)
+    from shared.syncstatus import LinkStatusTable
+
+    table = LinkStatusTable(store.db)
+    table.ensure()
+    table.save({"link": "parent", "peer": "t", "state": "up", "updated": clock.time(),
+                "push_seq": store.info()["update_seq"]})
+    row = block(text(clerk.get("/cases/")), "section-accepted_here")
+    assert "已上传" in row and "尚未上传" not in row
 
 
 def test_a_preapplied_case_needing_no_visit_is_accepted_without_the_applicant(kit):

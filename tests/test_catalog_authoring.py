@@ -2,13 +2,14 @@
 
 import json
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 import pytest
 from werkzeug.datastructures import MultiDict
 
 from county import catalog_views
-from shared.catalog.forms import form_values, parse_form
+from shared.catalog.forms import display_value, form_values, parse_form
 from shared import staff
 from shared.catalog import active, publish, schema
 from shared.catalog.sample import sample_catalog
@@ -359,3 +360,144 @@ def test_post_without_csrf_token_changes_nothing(published, db):
     assert editor.post(BASE + "/propose").status_code == 400
     assert publish.diff(db) == []
     assert publish.ReleaseProposal.select().count() == 1
+
+
+# -- the approver sees what is signed -----------------------------------------------------------
+
+REVIEW_ROW = re.compile(r'<tr class="field-change"><th scope="row">(.*?)</th>'
+                        r'<td class="value before">(.*?)</td><td class="value after">(.*?)</td>'
+                        r'</tr>', re.S)
+
+
+def plain(html):
+    """The text a reader sees of an HTML fragment."""
+    return unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def review_rows(page, kind, record_id):
+    """``{label: (old html, new html)}`` of one record's section of the proposal review."""
+    section = re.search(rf'<section class="change review" id="review-{kind}-{record_id}">'
+                        r"(.*?)</section>", page, re.S)
+    assert section, f"no review of {kind} {record_id}"
+    return {label: (before, after) for label, before, after in REVIEW_ROW.findall(section.group(1))}
+
+
+def test_marked_texts_are_escaped_and_show_what_differs():
+    before, after = catalog_views._marked("工作日 8:30—12:00", "工作日 9:00—12:00")
+    assert before == '工作日 <del class="diff-del">8:30</del>—12:00'
+    assert after == '工作日 <ins class="diff-ins">9:00</ins>—12:00'
+    before, after = catalog_views._marked("a < b\n第二行", 'a < b\n<script>"x"</script>\n第三行')
+    assert "<script>" not in after and "&lt;script&gt;" in after
+    assert before.startswith("a &lt; b\n") and after.startswith("a &lt; b\n")
+    assert plain(after) == 'a < b\n<script>"x"</script>\n第三行'
+    assert catalog_views._marked("", "新内容") == ("（空）", '<ins class="diff-ins">新内容</ins>')
+    assert catalog_views._marked("旧内容", "") == ('<del class="diff-del">旧内容</del>', "（空）")
+
+
+def test_approve_page_shows_old_and_new_values_side_by_side(published, db):
+    item_id = "GD-LS-04"
+    evil = '<script>alert("签名")</script>'
+    with published.app_context():
+        old = publish.working_record(db, "item", item_id)
+        new = json.loads(json.dumps(old))
+        new["time_limit_basis"] = old["time_limit_basis"] + "（本县另行承诺）" + evil
+        new["hours"] = "周一至周五 上午 9:00—12:00"
+        new["materials"][0]["name"] = old["materials"][0]["name"] + "（2027 年版）"
+        publish.save_draft(db, "item", new, "editor")
+    editor = login(published, "editor")
+    number = proposal_id(propose(editor, "调整低保指南"))
+    approver = login(published, "approver1")
+    page = approver.get(f"{BASE}/proposals/{number}").get_data(as_text=True)
+    assert 'id="approve-form"' in page  # the signature is given on this very page
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+    assert "现行（第 1 号发布）" in page and "拟发布（第 2 号）" in page
+    fields = {f.key: f for f in schema.ITEM_FIELDS}
+    rows = review_rows(page, "item", item_id)
+    assert list(rows) == ["申请材料", "时限说明", "办理时间"]  # the schema's order
+    for key in ("materials", "hours", "time_limit_basis"):
+        before, after = rows[fields[key].label]
+        assert plain(before) == display_value(fields[key], old[key])  # in full
+        assert plain(after) == display_value(fields[key], new[key])
+    before, after = rows["时限说明"]
+    assert '<ins class="diff-ins">（本县另行承诺）&lt;script&gt;' in after
+    assert "diff-del" not in before  # the old text was only added to
+    before, after = rows["办理时间"]
+    assert "diff-del" in before and "diff-ins" in after
+    before, after = rows["申请材料"]
+    assert plain(before).count("\n") == len(old["materials"]) - 1  # the whole old list
+    assert plain(after).count("\n") == len(new["materials"]) - 1  # and the whole new list
+    assert re.search(r'<ins class="diff-ins">[^<]*2027 年版[^<]*</ins>', after)
+    assert after.count("diff-ins") == 1 and before.count("diff-del") == 0
+    # The proposer sees the same, and after approval the page keeps showing what was signed,
+    # against the release that was in force before.
+    assert review_rows(editor.get(f"{BASE}/proposals/{number}").get_data(as_text=True),
+                       "item", item_id) == rows
+    assert decide(approver, number, "approve").status_code == 302
+    page = approver.get(f"{BASE}/proposals/{number}").get_data(as_text=True)
+    assert "此前（第 1 号发布）" in page and "本申请（第 2 号）" in page
+    assert review_rows(page, "item", item_id) == rows
+    assert 'id="approve-form"' not in page
+
+
+def test_approve_page_shows_added_records_in_full_and_names_removed_ones(published, db):
+    with published.app_context():
+        added = dict(publish.working_record(db, "item", ITEM), id="GD-NEW-09",
+                     name="新增的<b>测试</b>事项")
+        publish.save_draft(db, "item", added, "editor")
+        publish.remove_record(db, "item", "GD-LS-02", "editor")
+        publish.save_calendar_entries(db, [{"date": "2026-03-04", "workday": False,
+                                            "reason": "台风停工"}], "editor")
+    number = proposal_id(propose(login(published, "editor")))
+    page = login(published, "approver1").get(f"{BASE}/proposals/{number}")
+    page = page.get_data(as_text=True)
+    section = re.search(r'id="review-item-GD-NEW-09">(.*?)</section>', page, re.S).group(1)
+    assert "新增的&lt;b&gt;测试&lt;/b&gt;事项" in section and "<b>测试" not in section
+    shown = dict(re.findall(r'<tr><th scope="row">(.*?)</th><td class="value after">(.*?)</td>',
+                            section, re.S))
+    labels = [f.label for f in schema.ITEM_FIELDS if display_value(f, added.get(f.key))]
+    assert list(shown) == labels  # every filled field of the new record
+    assert plain(shown["申请材料"]) == display_value(
+        next(f for f in schema.ITEM_FIELDS if f.key == "materials"), added["materials"])
+    removed = re.search(r'id="review-item-GD-LS-02">(.*?)</section>', page, re.S).group(1)
+    assert "批准后将从目录中删除事项 GD-LS-02（城乡居民基本养老保险待遇领取（申领））" in removed
+    calendar = re.search(r'id="review-calendar-2026-03-04">(.*?)</section>', page, re.S).group(1)
+    assert '<td class="value before">（空）</td>' in calendar
+    assert "台风停工" in plain(calendar)
+
+
+def test_aliases_and_age_condition_are_edited_in_the_item_form(published, db):
+    editor = login(published, "editor")
+    page = editor.get(f"{BASE}/item/GD-LS-11/edit").get_data(as_text=True)
+    assert "常用简称" in field_block(page, "aliases")
+    ages = field_block(page, "eligibility")
+    assert 'name="eligibility.min_age" value="80"' in ages
+    assert 'name="eligibility.max_age" value=""' in ages
+    data = read_form(page)
+    assert data["aliases"].splitlines() == ["高龄津贴", "长寿金", "老人津贴"]
+    data["eligibility.min_age"], data["eligibility.max_age"] = "90", "70"
+    refused = editor.post(f"{BASE}/item/GD-LS-11/edit", data=data)
+    assert refused.status_code == 422
+    html = refused.get_data(as_text=True)
+    assert "最低年龄 90 不能大于最高年龄 70" in field_block(html, "eligibility")
+    assert 'name="eligibility.min_age" value="90"' in html  # the input is kept
+    data["eligibility.min_age"], data["eligibility.max_age"] = "", ""
+    assert editor.post(f"{BASE}/item/GD-LS-11/edit", data=data).status_code == 302
+    assert "eligibility" not in publish.working_record(db, "item", "GD-LS-11")
+    data["eligibility.min_age"] = "85"
+    assert editor.post(f"{BASE}/item/GD-LS-11/edit", data=data).status_code == 302
+    assert publish.working_record(db, "item", "GD-LS-11")["eligibility"] == {"min_age": 85}
+
+
+def test_an_alias_edited_at_the_county_changes_search_after_a_release(published, db):
+    assert [r["item_id"] for r in active.search(db, "敬老金")] == []
+    editor = login(published, "editor")
+    data = read_form(editor.get(f"{BASE}/item/GD-LS-11/edit").get_data(as_text=True))
+    data["aliases"] = data["aliases"] + "\n敬老金"
+    assert editor.post(f"{BASE}/item/GD-LS-11/edit", data=data).status_code == 302
+    assert [r["item_id"] for r in active.search(db, "敬老金")] == []  # a draft: not yet
+    response = propose(editor, "增加简称")
+    assert decide(login(published, "approver1"), proposal_id(response),
+                  "approve").status_code == 302
+    assert active.catalog_status(db)["active"]["number"] == 2
+    assert [r["item_id"] for r in active.search(db, "敬老金")] == ["GD-LS-11"]
+    assert active.active_item(db, "GD-LS-11")["aliases"][-1] == "敬老金"

@@ -30,6 +30,7 @@ def full_item():
         time_limit_basis="不含公示期", clock_exclusions=["公示期"],
         parallel_departments=["农业农村", "自然资源"], lead_department="农业农村",
         cross_region="全县通办", sources=["https://example.org/guide"], notes="示例备注",
+        aliases=["建房"], eligibility={"min_age": 18},
     )
     assert schema.validate_item(item) == []
     return item
@@ -157,6 +158,73 @@ def test_search_messages_for_no_results_empty_and_too_long_queries(pages):
     assert "搜索词太长" in html_of(response)
 
 
+def result_ids(html):
+    """The item ids of a result page, in the order listed."""
+    return re.findall(r'<tr><td><a href="/catalog/item/([^"]+)">', html)
+
+
+@pytest.mark.parametrize("query, first, also", [
+    ("社保卡", "GD-LS-24", ()),  # 社会保障卡申领: found by its alias, listed first
+    ("医保", "GD-LS-03", ("GD-LS-10",)),  # 医疗保险 and 医疗救助
+    ("低保", "GD-LS-04", ()),
+    ("残疾证", "GD-LS-09", ()),
+    ("长寿金", "GD-LS-11", ()),
+    ("宅基地", "GD-LS-21", ()),
+])
+def test_search_finds_items_by_their_common_short_names(node, pages, query, first, also):
+    html = html_of(pages.get("/catalog/search", query_string={"q": query}))
+    ids = result_ids(html)
+    assert ids and ids[0] == first, ids
+    assert all(i in ids for i in also)
+    assert query in node.config["TEST_ITEMS"][first]["aliases"]
+
+
+def test_guide_shows_aliases_and_the_age_condition(pages):
+    html = html_of(pages.get("/catalog/item/GD-LS-11"))
+    assert re.search(r"<th>常用简称</th>", html) and "长寿金" in html
+    assert re.search(r"<th>年龄条件</th><td>年满 80 周岁</td>", html)
+
+
+def test_alias_hit_says_which_short_name_matched(pages):
+    html = html_of(pages.get("/catalog/search?q=社保卡"))
+    row = re.search(r'<tr><td><a href="/catalog/item/GD-LS-24">.*?</tr>', html, re.S).group()
+    assert "常用简称：<mark>社保卡</mark>" in row
+
+
+def test_a_word_every_item_needs_lists_name_matches_first_and_says_so(tmp_path):
+    items, agencies = sample.sample_catalog()
+    named = dict(next(i for i in items if i["id"] == "GD-LS-18"), id="GD-ZZ-01",
+                 name="居民身份证申领")  # last by id: only the ranking lists it first
+    assert schema.validate_item(named) == []
+    app, _, _ = make_node(tmp_path, items + [named], agencies)
+    try:
+        html = html_of(app.test_client().get("/catalog/search?q=身份证"))
+        ids = result_ids(html)
+        assert ids[0] == "GD-ZZ-01" and len(ids) > 10
+        hint = re.search(r'<p class="notice" id="common-word">(.*?)</p>', html, re.S).group(1)
+        assert "“身份证”几乎每个事项都需要，请换一个更具体的词" in hint
+        # a specific word gets no such hint
+        assert 'id="common-word"' not in html_of(app.test_client().get("/catalog/search?q=低保"))
+        with app.app_context():
+            db = app.extensions["store"].db
+            assert active.common_words(db, "身份证 低保") == ["身份证"]
+            body_only = [r["item_id"] for r in active.search(db, "身份证", limit=100)][1:]
+            assert body_only and all("身份证" not in i["name"] for i in items
+                                     if i["id"] in body_only)
+    finally:
+        app.extensions["store"].close()
+
+
+def test_aliases_are_validated():
+    items, _ = sample.sample_catalog()
+    item = dict(items[0])
+    for aliases, message in ((["社" * 21], "超过 20 个字"), ([" "], "为空"),
+                             (["a"] * 2, "重复"), ([f"简称{n}" for n in range(21)], "最多 20 条"),
+                             ("社保卡", "应为列表")):
+        errors = [str(e) for e in schema.validate_item(dict(item, aliases=aliases))]
+        assert any(message in e and "常用简称" in e for e in errors), (aliases, errors)
+
+
 def test_snippet_and_highlight_escape_before_marking():
     marked = catalog_views.snippet_html('<b onclick="x">【低保】</b>【')
     assert str(marked) == "&lt;b onclick=&#34;x&#34;&gt;<mark>低保</mark>&lt;/b&gt;【"
@@ -204,9 +272,9 @@ def test_guide_tags_blacklisted_agencies(pages):
     html = html_of(pages.get("/catalog/item/GD-LS-20"))
     agencies = dict((re.search(r"^\s*(\S+)", li).group(1), li) for li in
                     re.findall(r'<li class="agency">(.*?)</li>', html, re.S))
-    assert 'class="tag-black"' in agencies["汕尾市某房屋安全鉴定有限公司"]
-    assert "黑名单" in agencies["汕尾市某房屋安全鉴定有限公司"]
-    assert "失信" in agencies["汕尾市某房屋安全鉴定有限公司"]
+    assert 'class="tag-black"' in agencies["海丰县恒固房屋安全鉴定有限公司"]
+    assert "黑名单" in agencies["海丰县恒固房屋安全鉴定有限公司"]
+    assert "失信" in agencies["海丰县恒固房屋安全鉴定有限公司"]
     assert "黑名单" not in agencies["海丰县建筑工程质量检测站"]
 
 

@@ -391,3 +391,28 @@ def test_json_with_bom_is_read(tmp_path, catalog):
     write_json(path, *catalog)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert read_json(path) == catalog
+
+
+def test_aliases_and_age_condition_are_columns(workbook_path, catalog):
+    items, _ = catalog
+    ws = load_workbook(workbook_path)["事项"]
+    row = 2 + [i["id"] for i in items].index("GD-LS-11")
+    assert ws.cell(row, column(ws, "常用简称")).value == "高龄津贴\n长寿金\n老人津贴"
+    assert ws.cell(row, column(ws, "最低年龄（周岁）")).value == 80
+    assert ws.cell(row, column(ws, "最高年龄（周岁）")).value is None
+    edit(workbook_path, {("事项", row, "最高年龄（周岁）"): 120,
+                         ("事项", row, "常用简称"): "长寿金\n敬老金"})
+    read, _ = read_xlsx(workbook_path)
+    item = next(i for i in read if i["id"] == "GD-LS-11")
+    assert item["eligibility"] == {"min_age": 80, "max_age": 120}
+    assert item["aliases"] == ["长寿金", "敬老金"]
+    assert "eligibility" not in next(i for i in read if i["id"] == "GD-LS-01")
+    edit(workbook_path, {("事项", row, "最低年龄（周岁）"): 130})
+    [message] = errors_of(workbook_path)
+    assert f"第 {row} 行“最低年龄（周岁）”" in message and \
+        "最低年龄 130 不能大于最高年龄 120" in message
+    edit(workbook_path, {("事项", row, "最低年龄（周岁）"): "八十",
+                         ("事项", row, "常用简称"): "长" * 21})
+    messages = errors_of(workbook_path)
+    assert any(f"第 {row} 行“最低年龄（周岁）”" in m and "应为整数" in m for m in messages)
+    assert any(f"第 {row} 行“常用简称”" in m and "超过 20 个字" in m for m in messages), messages

@@ -2,7 +2,9 @@
 
 import json
 import re
+import socket
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import requests
 from click.testing import CliRunner
 
 from shared.cli import main
-from tests.nodeproc import free_port_block, start_node, tongban
+from tests.nodeproc import free_port_block, make_node_dir, start_node, tongban
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def test_serve_shows_the_home_page_in_chinese_and_requires_auth_on_db(tmp_path):
     try:
         page = requests.get(node.url + "/", headers={"Accept": "text/html"}, timeout=10)
         assert page.status_code == 200 and "梅陇镇" in page.text and "镇级" in page.text
-        assert "441521101" in page.text
+        assert "441521101" not in page.text  # the division code is for staff, not citizens
         assert page.headers["Server"] == "tongban"  # waitress, not Flask's dev server
         assert requests.get(node.db_url, timeout=10).status_code == 401
         assert requests.get(node.db_url, auth=("replicator", "wrong"), timeout=10) \
@@ -100,9 +102,23 @@ def test_serve_shows_the_home_page_in_chinese_and_requires_auth_on_db(tmp_path):
         info = json.loads(tongban("info", node.node_dir, "--json").stdout)
         assert info["doc_count"] == 4 and info["docs_by_type"] == {"case": 1, "item": 3}
         page = requests.get(node.url + "/", headers={"Accept": "text/html"}, timeout=10)
-        assert '<td id="doc-count">4</td>' in page.text
+        # A station's front page for citizens: no store internals (those are for staff).
+        assert 'id="citizen-links"' in page.text and 'id="doc-count"' not in page.text
     finally:
         node.stop()
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
+    node_dir = tmp_path / "n"
+    make_node_dir(node_dir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = tongban("serve", node_dir, "--port", port, check=False)
+    assert result.returncode != 0
+    assert f"端口 {port} 已被占用 / port {port} is in use: 请换一个端口（--port）" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_init_checks_the_code_against_a_reachable_parent(tmp_path):
@@ -162,6 +178,21 @@ def _info_of(node_dirs):
     return dict(zip((d.name for d in node_dirs), infos))
 
 
+#: Leaves a release proposal waiting at the county directory given (run in a subprocess).
+PROPOSE = """
+import sys
+from shared import config
+from shared.app import open_store
+from shared.catalog import publish
+store = open_store(config.load_config(sys.argv[1]))
+with publish.bound(store.db):
+    item = publish.working_record(store.db, "item", "GD-LS-02")
+    publish.save_draft(store.db, "item", dict(item, hours="全天"), "editor")
+    publish.propose(store.db, "editor", note="waiting")
+store.close()
+"""
+
+
 def _demo(region, base_port, *extra):
     """``tongban demo --exit-when-synced`` in a subprocess: ``(returncode, stdout, stderr)``.
 
@@ -214,15 +245,31 @@ def test_demo_brings_the_catalog_to_every_node(tmp_path):
     revised = [i for i in exported["items"] if i["name"].endswith(REVISION_SUFFIX)]
     assert [i["id"] for i in revised] == ["GD-LS-01"]
 
-    # A second run reuses the region (no new enrolment, no second release 1) and publishes
-    # release 3, which reaches every node too.
+    # A second run reuses the region: no new enrolment, no new release, no second case;
+    # it says in one line what it skipped.
     returncode, again, stderr = _demo(region, base_port)
     assert returncode == 0, again + stderr
     assert "release 2 in force" in again and "enrolled " not in again
-    assert again.count("reused ") == 7 and again.count("release 3 verified and active") == 7
-    assert again.count("release 3 active, 25 items (已生效)") == 7
-    # The staff accounts are reused and a second case is numbered after the first.
-    assert re.search(r"accepted case \d{12}-\d{8}-0002 \(GD-LS-04\)", again), again
+    assert again.count("reused ") == 7 and again.count("release 2 verified and active") == 7
+    assert "the demo's revision is in force already (release 2)" in again
+    assert "release 3" not in again
+    assert "the demo case is done already" in again and "accepted case" not in again
+
+    # A release left waiting for approval (an interrupted run, or the authoring pages)
+    # does not stop the demo: it comes up, says so, and the CLI can decide it.
+    county_dir = region / "county-441521"
+    propose = subprocess.run([sys.executable, "-P", "-c", PROPOSE, str(county_dir)],
+                             capture_output=True, text=True, timeout=60)
+    assert propose.returncode == 0, propose.stderr
+    returncode, third, stderr = _demo(region, base_port)
+    assert returncode == 0, third + stderr
+    assert "release 3 is waiting for approval: the revision is skipped" in third
+    waiting = tongban("catalog", "proposal", county_dir)
+    assert "release 3 proposed by editor" in waiting.stdout and "GD-LS-02" in waiting.stdout
+    refused = tongban("catalog", "approve", county_dir, "--by", "editor", check=False)
+    assert refused.returncode != 0 and "不能审批自己提交的发布" in refused.stderr
+    tongban("catalog", "withdraw", county_dir, "--by", "editor")
+    assert "没有等待审批的发布" in tongban("catalog", "proposal", county_dir).stdout
     # Nothing is left running: every port is free and no process names the region.
     assert all(port_free(base_port + offset) for offset in range(7))
     assert _region_processes(region) == []

@@ -138,6 +138,23 @@ def test_revs_limit(db, store):
     assert db.put("/_revs_limit", 5).get_json() == {"ok": True}
     assert store.revs_limit == 5
     assert db.put("/_revs_limit", "x").status_code == 400
+    for bad in (0, -3, 1.5, True, None, 10 ** 30):
+        response = db.put("/_revs_limit", bad)
+        assert response.status_code == 400, bad
+        assert response.get_json()["error"] == "bad_request"
+    assert store.revs_limit == 5
+
+
+def test_only_the_operator_sets_revs_limit(app, client, store):
+    """A database setting is the node operator's: a full-scope account of its own."""
+    add_account(app, "tablet", "tablet-pw-1", scope="441521101001")
+    headers = {**basic_auth("tablet", "tablet-pw-1"), "Content-Type": "application/json"}
+    response = client.put("/db/_revs_limit", data="1", headers=headers)
+    assert response.status_code == 403
+    assert response.get_json() == {"error": "forbidden",
+                                   "reason": "You are not a db or server admin."}
+    assert client.get("/db/_revs_limit", headers=headers).get_json() == 1000
+    assert store.revs_limit == 1000
 
 
 def test_unknown_underscore_path_and_methods(db):
@@ -437,6 +454,106 @@ def test_local_docs(db):
     assert db.delete("/_local/sync/441521").status_code == 200
     assert db.get("/_local/sync/441521").status_code == 404
     assert db.delete("/_local/sync/441521").status_code == 404
+
+
+def test_each_caller_has_its_own_local_docs(app, client, db, store):
+    add_account(app, "tablet", "tablet-pw-1", scope="441521101001")
+    tablet = Couch(client, basic_auth("tablet", "tablet-pw-1"))
+    assert db.put("/_local/ck", {"seq": 1}).status_code == 201
+    assert tablet.get("/_local/ck").status_code == 404
+    assert tablet.delete("/_local/ck").status_code == 404
+    assert tablet.put("/_local/ck", {"_rev": "0-1", "seq": 99}).get_json()["rev"] == "0-2"
+    assert tablet.get("/_local/ck").get_json() == {"_id": "_local/ck", "_rev": "0-2", "seq": 99}
+    assert db.get("/_local/ck").get_json() == {"_id": "_local/ck", "_rev": "0-1", "seq": 1}
+    # The node's own (syncd's side of its checkpoints) are the node's.
+    assert store.put_local("ck", {"seq": 7}) == "0-1"
+    assert store.get_local("ck")["seq"] == 7
+    assert store.get_local("ck", owner="account:replicator")["seq"] == 1
+    assert tablet.delete("/_local/ck").status_code == 200
+    assert db.get("/_local/ck").get_json()["seq"] == 1 and store.get_local("ck")["seq"] == 7
+
+
+def test_the_operator_still_reads_local_docs_of_a_store_from_before_owners(tmp_path):
+    """An older store's _local documents become the node's own: its syncd resumes, a
+    full-scope account (the operator) reads them when it has none of its own, and no
+    other node or scoped account sees them."""
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    conn.execute("CREATE TABLE local_doc (id TEXT PRIMARY KEY, rev INTEGER NOT NULL, "
+                 "body TEXT NOT NULL)")
+    conn.execute("INSERT INTO local_doc VALUES ('old-ck', 4, '{\"source_last_seq\": 12}')")
+    conn.commit()
+    conn.close()
+    app = make_app(tmp_path)
+    add_account(app, *REPLICATOR)
+    add_account(app, "tablet", "tablet-pw-1", scope="441521101001")
+    client = app.test_client()
+    store = app.extensions["store"]
+    assert store.get_local("old-ck") == {"_id": "_local/old-ck", "_rev": "0-4",
+                                         "source_last_seq": 12}
+    full = Couch(client, basic_auth(*REPLICATOR))
+    assert full.get("/_local/old-ck").get_json()["source_last_seq"] == 12
+    tablet = Couch(client, basic_auth("tablet", "tablet-pw-1"))
+    assert tablet.get("/_local/old-ck").status_code == 404
+    # Written back, it is the account's own from then on; the node keeps its own.
+    assert full.put("/_local/old-ck", {"_rev": "0-4", "source_last_seq": 20}).status_code == 201
+    assert full.get("/_local/old-ck").get_json()["source_last_seq"] == 20
+    assert store.get_local("old-ck")["source_last_seq"] == 12
+    store.close()
+    # Opening it again (serve and syncd both do) migrates nothing twice.
+    again = make_app(tmp_path)
+    assert again.extensions["store"].get_local("old-ck")["source_last_seq"] == 12
+    again.extensions["store"].close()
+
+
+def test_bad_input_is_a_couchdb_400(db, store):
+    before = store.update_seq()
+    huge = str(10 ** 25)
+    for path in (f"/_changes?since={huge}", f"/_changes?limit={huge}",
+                 f"/_all_docs?limit={huge}", f"/_all_docs?skip={huge}",
+                 "/_changes?since=%C2%B2", f"/_changes?since={'9' * 5000}",
+                 "/_all_docs?keys=" + quote('["\\ud800"]'),
+                 "/_all_docs?startkey=" + quote('"\\udc00"')):
+        response = db.get(path)
+        assert response.status_code == 400, (path, response.get_data(as_text=True))
+        assert response.get_json()["error"] in ("bad_request", "query_parse_error")
+    lone = '"\\ud800"'
+    for method, path, body in (
+            ("POST", "/_bulk_docs", '{"docs": [{"_id": %s}]}' % lone),
+            ("POST", "/_all_docs", '{"keys": [%s]}' % lone),
+            ("POST", "/_bulk_get", '{"docs": [{"id": %s}]}' % lone),
+            ("POST", "/_revs_diff", '{%s: ["1-abc"]}' % lone),
+            ("PUT", "/_local/ck", '{"v": [%s]}' % lone),
+            ("PUT", "/doc", '{"%s": 1}' % "\\udfff"),
+            ("PUT", "/_local/ck", '{"_rev": "0-%s"}' % ("9" * 25))):
+        response = db.request(method, path, data=body.encode(),
+                              headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, (path, body, response.get_data(as_text=True))
+        answer = response.get_json()
+        assert answer["error"] == "bad_request" and set(answer) == {"error", "reason"}
+    # A surrogate pair is a character like any other.
+    assert db.request("PUT", "/emoji", data='{"v": "\\ud83d\\ude00"}'.encode(),
+                      headers={"Content-Type": "application/json"}).status_code == 201
+    assert db.get("/emoji").get_json()["v"] == "\U0001f600"
+    assert store.update_seq() == before + 1
+
+
+def test_a_path_that_is_no_utf8_is_no_document_id(db, store):
+    assert db.put("/%ED%A0%80", {"v": 1}).get_json() == {
+        "error": "illegal_docid", "reason": "Document id must be valid UTF-8"}
+    assert db.put("/_local/%FF", {"v": 1}).status_code == 400
+    assert db.get("/%ED%A0%80").status_code == 404
+    assert db.put("/" + quote("\ufffd"), {"v": 1}).status_code == 201  # the real character
+    assert db.put("/a%0Ab", {"v": 1}).get_json()["id"] == "a\nb"
+    assert db.get("/a%0Ab").get_json()["_id"] == "a\nb"
+    assert store.update_seq() == 2
+
+
+def test_a_credential_that_is_no_ascii_is_refused(client):
+    response = client.get("/db", headers={"Authorization": "Basic \xe9=="})
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "unauthorized"
 
 
 # -- bulk endpoints --------------------------------------------------------------------------

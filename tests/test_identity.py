@@ -98,6 +98,31 @@ def test_malformed_authorization_is_unauthorized(header):
         identity.parse_authorization(header)
 
 
+@pytest.mark.parametrize("ts", ["nan", "NaN", "inf", "-inf", "Infinity", "1e9", "-5",
+                                "+1800000000", "1_800_000_000", " 1800000000", "0x10"])
+def test_a_timestamp_is_plain_decimal_seconds(ts):
+    header = (f"Tongban-Node node={VILLAGE}, ts={ts}, "
+              "nonce=00112233445566778899aabbccddeeff, sig=\"x\"")
+    with pytest.raises(errors.Unauthorized, match="malformed timestamp"):
+        identity.parse_authorization(header)
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf"), "1800000000",
+                                None])
+def test_the_verifier_refuses_a_timestamp_that_is_no_finite_number(ts):
+    """NaN passes every comparison: without this check a request signed with ``ts=nan``
+    passed the window and the process-start check, and replayed after a restart."""
+    clock = Clock()
+    key = identity.new_private_key()
+    nonce = "00112233445566778899aabbccddeeff"
+    message = identity.signing_string("GET", "/db", b"", float("nan"), nonce, VILLAGE)
+    fields = {"node": VILLAGE, "ts": ts, "nonce": nonce, "sig": identity.sign(key, message)}
+    for verifier in (identity.RequestVerifier(clock=clock),
+                     identity.RequestVerifier(clock=Clock(clock.now + 3600))):  # restarted
+        with pytest.raises(errors.Unauthorized, match="malformed timestamp"):
+            verifier.check(fields, identity.public_key_bytes(key), "GET", "/db", b"")
+
+
 def test_other_schemes_are_not_ours():
     assert identity.parse_authorization("Basic dXNlcjpwYXNz") is None
     assert identity.parse_authorization("") is None

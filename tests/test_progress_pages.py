@@ -132,8 +132,9 @@ def test_progress_with_name_shows_every_step(kit, client):
                   "审批通过", "海城镇便民服务中心", "李审批", "0660-3300002",
                   "准予纳入最低生活保障"):
         assert shown in steps
-    due = F.due_date(state(kit, number), kit.calendar)
-    assert due is not None and element(page, "due-date") == due.isoformat()
+    # Decided: the page says when, not a deadline that no longer matters.
+    decided = state(kit, number)["decided_day"]
+    assert decided and element(page, "due-date") == f"已于 {decided} 办结"
     assert element(page, "delivery-station") == "东村服务站"
     assert "审批通过" in element(page, "decision")
 
@@ -418,10 +419,16 @@ def apply(client, item_id, **fields):
     return client.post(f"/apply/{item_id}", data=data, content_type="multipart/form-data")
 
 
+def form_page(client, item_id, number=K.CITIZEN):
+    """The pre-application form, reached through its first step (the ID number)."""
+    return client.post(f"/apply/{item_id}", data={
+        "step": "id", "id_number": number, "form_token": token(client, f"/apply/{item_id}")})
+
+
 def test_preapplication_waits_at_the_chosen_station(kit, client):
     listing = text(client.get("/apply"))
     assert 'id="apply-GD-LS-04"' in listing and 'id="apply-GD-LS-14"' not in listing
-    form = text(client.get("/apply/GD-LS-04"))
+    form = text(form_page(client, "GD-LS-04"))
     assert "西村服务站" in form and "海城镇便民服务中心" in form
     assert 'name="material-0"' in form and 'name="material-2"' not in form  # shared: not asked
 
@@ -480,7 +487,7 @@ def test_bad_preapplication_changes_nothing(kit, client, fields, message):
 def test_preapplication_lists_only_active_stations(kit, client):
     registry.revoke(kit.store(K.COUNTY), kit.apps[K.COUNTY].key, K.VILLAGE_B)
     kit.sync()
-    form = text(client.get("/apply/GD-LS-04"))
+    form = text(form_page(client, "GD-LS-04"))
     assert f'value="{K.VILLAGE_A}"' in form and f'value="{K.TOWNSHIP}"' in form
     assert f'value="{K.VILLAGE_B}"' not in form and "西村服务站" not in form
     before = case_count(kit)
@@ -547,6 +554,62 @@ def test_preapplication_refuses_a_file_that_is_no_scan(kit, client):
     assert response.status_code == 400
     assert "只接受 JPG、PNG 或 PDF" in element(text(response), "error")
     assert case_count(kit) == before
+
+
+def born_years_ago(years, days_short=0):
+    """A resident ID number of someone ``years`` old today (``days_short`` days before the
+    birthday that makes them so)."""
+    today = clock.today()
+    birthday = datetime.date(today.year - years, today.month, min(today.day, 28))
+    return idnumbers.make_resident_id("441521", birthday + datetime.timedelta(days_short), 7)
+
+
+def test_age_condition_refuses_before_any_upload(kit, client):
+    before, blobs = case_count(kit), blob_count(kit)
+    start = client.get("/apply/GD-LS-11")
+    assert start.status_code == 200
+    page = text(start)
+    assert 'id="apply-id-form"' in page and 'type="file"' not in page  # the ID number first
+    refused = form_page(client, "GD-LS-11", born_years_ago(36))
+    assert refused.status_code == 403
+    page = text(refused)
+    assert element(page, "ineligible") == (
+        "根据您的身份证号码，您目前 36 周岁，本事项须年满 80 周岁，暂不能申请。"
+        "如有疑问请咨询 0660-6612349。")
+    assert 'type="file"' not in page and 'name="material-' not in page
+    # the whole form sent at once (skipping the first step) is refused the same way
+    response = apply(client, "GD-LS-11", id_number=born_years_ago(36),
+                     **{"material-0": (BytesIO(K.PDF), "申请表.pdf")})
+    assert response.status_code == 403 and "须年满 80 周岁" in element(text(response),
+                                                                     "ineligible")
+    assert (case_count(kit), blob_count(kit)) == (before, blobs)
+
+
+def test_age_condition_counts_whole_years(kit, client):
+    almost = text(form_page(client, "GD-LS-11", born_years_ago(80, days_short=1)))
+    assert "您目前 79 周岁" in element(almost, "ineligible")
+    page = text(form_page(client, "GD-LS-11", born_years_ago(80)))
+    assert element(page, "ineligible") is None and 'name="material-0"' in page
+    assert f'value="{born_years_ago(80)}"' in page  # carried into the form
+    response = apply(client, "GD-LS-11", id_number=born_years_ago(85))
+    assert response.status_code == 302
+
+
+def test_first_step_reports_a_wrong_id_number(kit, client):
+    response = form_page(client, "GD-LS-11", "441521195003011230")
+    assert response.status_code == 400 and "校验" in element(text(response), "error")
+    assert 'type="file"' not in text(response)
+    # an item without an age condition goes straight on to the form
+    assert 'name="material-0"' in text(form_page(client, "GD-LS-04", born_years_ago(36)))
+
+
+def test_eligibility_refusal_rules():
+    item = {"eligibility": {"min_age": 60, "max_age": 70}, "consult_phone": "0660-6612333"}
+    assert progress.eligibility_refusal(item, born_years_ago(65)) is None
+    assert "本事项限 70 周岁及以下" in progress.eligibility_refusal(item, born_years_ago(71))
+    assert progress.eligibility_refusal({}, born_years_ago(5)) is None
+    credit = idnumbers.make_credit_code("91441521MA4W00000")  # an organisation: not checked
+    assert progress.eligibility_refusal(item, credit) is None
 
 
 # -- appointments -----------------------------------------------------------------------------
@@ -665,3 +728,31 @@ def test_oversized_booking_request_is_refused(kit, client):
     assert response.status_code == 413
     assert "提交的内容过大" in element(text(response), "message")
     assert ap.get_slot(db, slot["id"])["booked"] == 0
+
+
+def test_every_file_field_says_its_limit_and_loads_the_upload_check(kit, client):
+    page = text(form_page(client, "GD-LS-04"))
+    fields = re.findall(r'<input type="file"[^>]*>', page)
+    assert fields
+    for field in fields:
+        assert f'data-max-bytes="{MAX_BLOB_BYTES}"' in field
+        described = re.search(r'aria-describedby="([^"]+)"', field).group(1)
+        assert element(page, described) == \
+            f"最多 3 个文件，每个不超过 {MAX_BLOB_BYTES // (1024 * 1024)} MB"
+    # Loaded from this site (the CSP allows no inline script), after the page is parsed.
+    assert '<script src="/static/upload-check.js" defer></script>' in page
+    script = client.get("/static/upload-check.js")
+    assert script.status_code == 200 and "已压缩为" in script.get_data(as_text=True)
+
+
+def test_a_long_complaint_is_shown_once_and_the_timeline_points_to_it(kit, client):
+    number = accepted_case(kit)
+    prove(client, number, "陈阿婆")
+    long_text = "等了很久没有人联系我，" * 60
+    sent = client.post(f"/progress/{number}/complain",
+                       data={"text": long_text, "form_token": token(client)})
+    assert sent.status_code == 302
+    page = text(client.get(sent.location))
+    assert page.count(html.escape(long_text)) == 1
+    assert long_text in element(page, "complaint-1")
+    assert "见下方“投诉”" in element(page, "timeline")

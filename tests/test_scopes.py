@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from shared import casedocs, clock, identity, registry
 from shared.models import Account
+from shared.scopes import CaseParties
 from tests.conftest import add_account, basic_auth, make_app
 
 COUNTY, TOWN, TOWN2 = "441521", "441521101", "441521102"
@@ -319,14 +320,15 @@ def test_a_node_that_joins_a_case_receives_its_older_documents(town, keys):
     assert {i for i in ids_of(feed["results"]) if B in i and "node:" not in i} == {
         f"case:{B1}", f"event:{B1}:{hlc(4)}:{B}", f"event:{B1}:{hlc(5)}:{TOWN}"}
     checkpoint = feed["last_seq"]
-    # B (the origin) asks C to join B2, pushing the event as a replicator does.
-    joined = event(B2, B, 30, "joined", parties=[C])
+    # The county answers C's look-up and joins it to B2, pushing the event as a replicator
+    # does. (Only the county joins a station: B itself may not, see test_write_policy.py.)
+    joined = event(B2, COUNTY, 30, "joined", parties=[C])
     joined["_rev"] = "1-" + "ab" * 16
-    assert node(town, keys, B).json("POST", "/db/_bulk_docs",
-                                    {"docs": [joined], "new_edits": False}, 201) == []
+    assert node(town, keys, COUNTY).json("POST", "/db/_bulk_docs",
+                                         {"docs": [joined], "new_edits": False}, 201) == []
     later = c.changes(f"?since={checkpoint}")["results"]
     assert ids_of(later) == [f"case:{B2}", f"event:{B2}:{hlc(7)}:{B}",
-                             f"event:{B2}:{hlc(30)}:{B}"]
+                             f"event:{B2}:{hlc(30)}:{COUNTY}"]
     assert c.json("GET", f"/db/case:{B2}")["origin"] == B
     # The township of C reads it now as well; A still does not.
     assert f"case:{B2}" in ids_of(node(town, keys, TOWN2).changes()["results"])
@@ -514,6 +516,71 @@ def test_case_documents_must_have_their_shape(town, keys):
     bad = dict(header(number(A, 4), A, TOWN, 81), item="not-an-item")
     result = a.json("POST", "/db/_bulk_docs", {"docs": [wrong_id, bad]}, 201)
     assert [r["error"] for r in result] == ["forbidden", "doc_validation"]
+
+
+def _written(response):
+    return [entry.get("error") or "ok" for entry in response]
+
+
+def test_who_takes_part_changes_only_through_the_entitled_events(town, keys):
+    """The events that carry participants, written by the nodes entitled to: the
+    acceptance's routing, a transfer by the node the case is with, a change of delivery
+    station; each refused when the fold would not take it (issue 12)."""
+    a, township = node(town, keys, A), node(town, keys, TOWN)
+    a5 = number(A, 5)
+    accepted = casedocs.case_event(a5, "accepted", A, hlc(91), [TOWN, COUNTY, C],
+                                   route=[TOWN, COUNTY], delivery_station=C)
+    assert _written(a.json("POST", "/db/_bulk_docs",
+                           {"docs": [header(a5, A, COUNTY, 90), accepted]}, 201)) == ["ok"] * 2
+    assert node(town, keys, C).get(f"/db/case:{a5}").status_code == 200
+    refused = {
+        "a second acceptance": casedocs.case_event(a5, "accepted", A, hlc(92), [D],
+                                                   route=[TOWN], delivery_station=D),
+        "a route through another village": casedocs.case_event(
+            number(A, 6), "accepted", A, hlc(93), [B], route=[B], delivery_station=A),
+        "a transfer by a node the case is not with": casedocs.case_event(
+            a5, "transferred", A, hlc(94), [TOWN2], to=TOWN2, reason="x"),
+        "a transfer to a village": casedocs.case_event(
+            a5, "transferred", TOWN, hlc(95), [D], to=D, reason="x"),
+        "a party its kind does not name": casedocs.case_event(
+            a5, "delivery_changed", A, hlc(96), [D], station=A),
+        "a party not in the registry": casedocs.case_event(
+            a5, "delivery_changed", A, hlc(97), [UNKNOWN], station=UNKNOWN),
+        "a join by anyone but the county": casedocs.case_event(
+            a5, "joined", TOWN, hlc(98), [D]),
+    }
+    docs = [header(number(A, 6), A, TOWN, 92)]
+    for what, doc in refused.items():
+        writer = township if doc["node"] == TOWN else a
+        result = writer.json("POST", "/db/_bulk_docs", {"docs": docs + [doc]}, 201)
+        assert result[-1].get("error") == "forbidden", (what, result)
+        docs = []
+    db = town.extensions["store"].db
+    assert CaseParties.participants(db, a5) == {A, COUNTY, TOWN, C}
+    for code in (D, B):
+        assert node(town, keys, code).get(f"/db/case:{a5}").status_code == 404, code
+    # The entitled ones: the delivery station moves; the township hands its stage on.
+    moved = casedocs.case_event(a5, "delivery_changed", A, hlc(99), [D], station=D)
+    handed = casedocs.case_event(a5, "transferred", TOWN, hlc(100), [TOWN2], to=TOWN2,
+                                 reason="管辖调整")
+    assert _written(a.json("POST", "/db/_bulk_docs", {"docs": [moved]}, 201)) == ["ok"]
+    assert _written(township.json("POST", "/db/_bulk_docs", {"docs": [handed]}, 201)) == ["ok"]
+    assert CaseParties.participants(db, a5) == {A, COUNTY, TOWN, C, D, TOWN2}
+    assert node(town, keys, D).get(f"/db/case:{a5}").status_code == 200
+
+
+def test_a_scan_or_an_event_of_another_kind_makes_nobody_a_participant(town, keys):
+    store = town.extensions["store"]
+    scan = {"_id": f"scan:{A1}:{'b' * 64}", "type": "scan", "case": A1, "node": A,
+            "sha256": "b" * 64, "mime": "application/pdf", "size": 3, "data": "eHh4",
+            "parties": [B]}
+    rated = dict(event(A1, A, 101, "rated"), parties=[B])
+    a = node(town, keys, A)
+    result = a.json("POST", "/db/_bulk_docs", {"docs": [scan, rated]}, 201)
+    assert [r["error"] for r in result] == ["doc_validation", "doc_validation"]
+    # Written past the policy (an older store), they still name no participant.
+    store.bulk_docs([scan, rated])
+    assert node(town, keys, B).get(f"/db/case:{A1}").status_code == 404
 
 
 # -- authentication --------------------------------------------------------------------

@@ -114,7 +114,7 @@ def login(client, username, password=PASSWORD, next=None, addr="127.0.0.1"):
 
 def session_cookie(client):
     """The value of the browser's session cookie, or None."""
-    cookie = client.get_cookie(staff.COOKIE_NAME)
+    cookie = client.get_cookie(staff.session_cookie(client.application))
     return cookie.value if cookie is not None else None
 
 
@@ -144,7 +144,7 @@ def test_login_opens_session_and_shows_user(client):
 def test_session_cookie_flags_and_token_not_stored(web, client):
     response = login(client, "clerk1")
     header = next(h for h in response.headers.getlist("Set-Cookie")
-                  if h.startswith(staff.COOKIE_NAME + "="))
+                  if h.startswith(staff.session_cookie(client.application) + "="))
     assert "HttpOnly" in header
     assert "SameSite=Lax" in header
     assert "Path=/" in header
@@ -288,7 +288,7 @@ def test_successful_login_clears_the_username_count(client):
     for _ in range(4):
         login(client, "clerk1", "wrong", addr="10.0.0.1")
     assert login(client, "clerk1", PASSWORD, addr="10.0.0.1").status_code == 302
-    client.delete_cookie(staff.COOKIE_NAME)  # another browser, at another address
+    client.delete_cookie(staff.session_cookie(client.application))  # another browser, at another address
     for _ in range(4):
         login(client, "clerk1", "wrong", addr="10.0.0.2")
     assert login(client, "clerk1", PASSWORD, addr="10.0.0.2").status_code == 302
@@ -302,7 +302,7 @@ def test_logout_deletes_the_session(web, client):
     assert is_login_redirect(response)
     assert session_cookie(client) is None
     assert session_count(web[0]) == 0
-    client.set_cookie(staff.COOKIE_NAME, old_token)
+    client.set_cookie(staff.session_cookie(client.application), old_token)
     assert is_login_redirect(client.get("/t/any"))
 
 

@@ -239,3 +239,13 @@ def test_winners_reads_the_live_winning_contents_at_once(store):
     found = store.winners(["a", "b", "c", "d", "missing", *[f"x{n}" for n in range(600)]])
     assert found == {"a": {"v": 1}, "b": {"v": 2}, "d": {"v": "high"}}
     assert found["d"] == {k: v for k, v in store.get("d").items() if not k.startswith("_")}
+
+
+def test_the_store_files_are_the_node_users_alone(tmp_path):
+    # Sealed personal data and the audit chain: no other account on the PC reads them.
+    store = Store(tmp_path / "store.sqlite")
+    store.put({"_id": "a"})
+    for suffix in ("", "-wal"):
+        path = tmp_path / f"store.sqlite{suffix}"
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    store.close()

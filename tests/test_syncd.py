@@ -418,7 +418,11 @@ def test_changes_flow_both_ways_without_waiting_for_the_interval(region):
                timeout=20)
     # The village's status document reached the township, whose page lists it.
     eventually(lambda: region.parent_has(f"status:{VILLAGE}"), "status document upstream")
-    page = requests.get(f"{region.parent.url}/sync/status").text
+    # The nodes below are for staff: a supervisor reads them.
+    nodeproc.tongban("user", "add", region.parent.node_dir, "du", "--role", "supervisor",
+            input_text="supervisor-pass-1\n")
+    staff = nodeproc.staff_session(region.parent, "du", "supervisor-pass-1")
+    page = staff.get(f"{region.parent.url}/sync/status", timeout=10).text
     assert "下级节点同步情况" in page and VILLAGE in page and "在线" in page
 
 
@@ -570,7 +574,10 @@ def test_an_enrolled_node_signs_its_requests_and_corrects_a_wrong_clock(tmp_path
         # Without the correction it would claim to report from a day in the future.
         from shared.syncstatus import parse_iso
         assert abs(parse_iso(status["reported_at"]) - clock.time()) < 3600
-        page = requests.get(f"{county.url}/sync/status").text
+        nodeproc.tongban("user", "add", county.node_dir, "du", "--role", "supervisor",
+                         input_text="supervisor-pass-1\n")
+        staff = nodeproc.staff_session(county, "du", "supervisor-pass-1")
+        page = staff.get(f"{county.url}/sync/status", timeout=10).text
         assert "下级节点同步情况" in page and TOWNSHIP in page and "测试镇" in page
     finally:
         county.stop()

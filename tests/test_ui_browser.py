@@ -10,6 +10,7 @@ Login throttling also counts failures per client address, and every context here
 from 127.0.0.1: the throttling test locks that address for 15 minutes, so it runs last.
 """
 
+import datetime
 import logging
 import re
 import shutil
@@ -21,6 +22,8 @@ from shared import config as cfg
 from shared import identity
 from shared.app import open_store
 from shared.catalog import publish
+from shared.cases import idnumbers
+from shared.cases.blobs import MAX_BLOB_BYTES
 from shared.catalog.sample import sample_catalog
 from shared.models import Account, hash_password
 from tests import nodeproc
@@ -184,6 +187,90 @@ def test_print_view_hides_controls_and_prints_to_pdf(new_page, tmp_path):
     pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf))
     assert pages >= 2, f"the whole guide on {pages} page(s)"
     (tmp_path / "guide-GD-LS-01.pdf").write_bytes(pdf)
+
+
+def test_guide_prints_on_three_pages_with_the_qr_code_beside_other_content(new_page):
+    """The QR code once filled a 4th page on its own: it now heads page 1 with the version."""
+    page = new_page()
+    page.goto("/catalog/item/GD-LS-01/print")
+    page.emulate_media(media="print")
+    pdf = page.pdf(format="A4")
+    pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf))
+    assert 1 <= pages <= 3, f"the guide on {pages} pages"
+    # Laid out at A4's printable width (186 mm), the QR code sits on the first page's
+    # height (267 mm) together with the title and the version line.
+    page.set_viewport_size({"width": 703, "height": 1009})
+    qr, version = page.locator("#qr svg").bounding_box(), page.locator("#guide-version")
+    assert qr["y"] + qr["height"] < 1009
+    assert version.bounding_box()["y"] < 1009 and page.locator("#item-name").is_visible()
+
+
+def test_long_source_urls_wrap_on_a_phone(new_page):
+    page = new_page()
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto("/catalog/item/GD-LS-01")
+    expect(page.get_by_role("heading", name=PENSION, level=1)).to_be_visible()
+    page.locator(".guide table.fields td").first.evaluate(
+        "td => { const a = document.createElement('a'); a.href = '#';"
+        " a.textContent = 'https://www.gd.gov.cn/zwgk/' + 'wjk/'.repeat(40) + 'content.html';"
+        " td.appendChild(a); }")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def applicant_id(years=40):
+    today = datetime.date.today()
+    return idnumbers.make_resident_id("441521", datetime.date(today.year - years, 3, 1), 7)
+
+
+def test_apply_form_says_the_limit_and_refuses_a_large_file_before_sending(new_page, tmp_path):
+    page = new_page()
+    page.goto("/apply/GD-LS-04")
+    page.get_by_label("申请人居民身份证号码").fill(applicant_id())
+    page.get_by_role("button", name="下一步").click()
+    fields = page.locator("input[type=file]")
+    expect(fields.first).to_be_visible()
+    limit = f"每个不超过 {MAX_BLOB_BYTES // (1024 * 1024)} MB"
+    for i in range(fields.count()):
+        described = fields.nth(i).get_attribute("aria-describedby")
+        expect(page.locator(f"#{described}")).to_contain_text(limit)
+
+    posts = []
+    page.on("request", lambda request: posts.append(request.url)
+            if request.method == "POST" else None)
+    big = tmp_path / "扫描件.pdf"
+    big.write_bytes(b"%PDF-1.4\n" + b"0" * (MAX_BLOB_BYTES + 1024))
+    first = fields.first
+    first.set_input_files(str(big))
+    note = page.locator(f"#{first.get_attribute('id')}-upload-note")
+    expect(note).to_contain_text("文件“扫描件.pdf”过大：4.1 MB，单个文件不能超过 4 MB")
+    page.get_by_role("button", name="提交预申请").click()
+    page.wait_for_timeout(300)
+    assert posts == [], "the form was sent with a file over the limit"
+    expect(page).to_have_url(re.compile(r"/apply/GD-LS-04$"))
+
+    # A large phone photo is redrawn smaller and replaces the chosen file.
+    first.evaluate("""async input => {
+        const canvas = document.createElement('canvas');
+        canvas.width = 3000; canvas.height = 2400;
+        const ctx = canvas.getContext('2d');
+        const image = ctx.createImageData(3000, 2400);
+        for (let i = 0; i < image.data.length; i += 4) {
+            const n = Math.random() * 60;
+            image.data[i] = 120 + n; image.data[i + 1] = 90 + n; image.data[i + 2] = 60 + n;
+            image.data[i + 3] = 255;
+        }
+        ctx.putImageData(image, 0, 0);
+        const blob = await new Promise(done => canvas.toBlob(done, 'image/png'));
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], 'IMG_0001.png', {type: 'image/png'}));
+        input.files = dt.files;
+        input.dispatchEvent(new Event('change'));
+        return blob.size;
+    }""")
+    expect(note).to_contain_text(re.compile(r"照片“IMG_0001\.png”已压缩为 \d+KB"))
+    sent = first.evaluate("input => [input.files[0].name, input.files[0].type, input.files[0].size]")
+    assert sent[0] == "IMG_0001.jpg" and sent[1] == "image/jpeg" and sent[2] <= MAX_BLOB_BYTES
+    assert first.evaluate("input => input.validationMessage") == ""
 
 
 def test_two_person_publishing_through_the_pages(new_page):

@@ -661,15 +661,33 @@ class CaseDesk:
             raise CaseError("请选择正确的领取站点。")
         return self.act(number, "delivery_changed", actor, parties=[station], station=station)
 
-    def deliver(self, number, actor, to="applicant"):
-        """Hand the result over at this station."""
+    def check_collector(self, state, to, id_number):
+        """Refuse (CaseError) unless ``id_number`` is the applicant's (``to="applicant"``) or
+        the registered agent's (``"agent"``): the result goes to the right person."""
+        try:
+            normalised = idnumbers.normalise(id_number)
+        except (TypeError, ValueError):
+            normalised = ""
+        key = identity.person_key(self.region_key, normalised) if normalised else None
+        expected = (state.get("applicant_key") if to == "applicant"
+                    else (state.get("proxy") or {}).get("agent_key"))
+        if not key or key != expected:
+            who = "申请人" if to == "applicant" else "代办人"
+            raise CaseError(f"领取人证件号码与{who}不符，不能送达。请核对证件。")
+
+    def deliver(self, number, actor, to="applicant", id_number=None):
+        """Hand the result over at this station (``id_number``: the collector's, checked
+        against the applicant's or agent's; the event records that it was)."""
         _, _, state = self.load(number)
+        if id_number is not None:
+            self.check_collector(state, to, id_number)
         actions = []
         if state["status"] == F.READY and state["delivery_station"] != self.node:
             # Delivery anywhere: the citizen came here instead; the change and the
             # delivery are written together.
             actions.append(("delivery_changed", actor, [self.node], {"station": self.node}))
-        actions.append(("delivered", actor, (), {"to": to}))
+        actions.append(("delivered", actor, (),
+                        {"to": to, "id_checked": id_number is not None}))
         return self._act_all(number, actions)
 
     def rate(self, number, score, text=""):

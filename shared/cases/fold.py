@@ -16,7 +16,7 @@ Working-day arithmetic is :mod:`shared.workdays`' (see :func:`due_date`).
 
 import datetime
 
-from shared.casedocs import CHINA_TIME, events_in_order
+from shared.casedocs import CHINA_TIME, events_in_order, party_codes
 from shared.hlc import parse_hlc
 from shared.workdays import Due
 
@@ -49,7 +49,8 @@ EVENT_LABELS = {
     "assigned": "分办", "card": "督办亮牌", "followed_up": "督办跟进", "extended": "延长审批期限",
     "clock_stopped": "暂停计时", "clock_resumed": "恢复计时",
 }
-#: Kinds written by staff: their node must take part in the case (or be above it).
+#: Kinds written by staff. Every event, these and the citizen's own (a rating, a complaint,
+#: a pre-application), must come from a node taking part in the case or one above it.
 STAFF_KINDS = ("notice", "accepted", "supplemented", "forwarded", "opinion",
                "supplement_requested", "approved", "rejected", "transferred",
                "delivery_changed", "delivered", "complaint_handled", "commitment_checked",
@@ -58,7 +59,7 @@ STAFF_KINDS = ("notice", "accepted", "supplemented", "forwarded", "opinion",
 CARD_LABELS = {"yellow": "黄牌（临近办理期限）", "red": "红牌（已超期）"}
 #: Acceptance modes.
 NORMAL, DEFICIENCY, COMMITMENT = "normal", "deficiency", "commitment"
-MODE_LABELS = {NORMAL: "受理", DEFICIENCY: "容缺受理", COMMITMENT: "告知承诺受理"}
+MODE_LABELS = {NORMAL: "材料齐全受理", DEFICIENCY: "容缺受理", COMMITMENT: "告知承诺受理"}
 
 #: Material statuses (the checklist at the window and in the fold).
 PROVIDED, SHARED, ELICENCE, MISSING, DEFECTIVE, COMMITTED, NOT_NEEDED = (
@@ -151,8 +152,9 @@ def fold(header, events):
         try:
             if header is None:
                 raise _Refused("案件信息尚未同步到本站")
-            if kind in STAFF_KINDS:
-                _require_participant(trial, event)
+            # Staff and citizen-side kinds alike: a station that takes no part in a case
+            # cannot complain, rate or act on it (it could otherwise speak for its citizen).
+            _require_participant(trial, event)
             if apply is not None:
                 apply(trial, event)
         except _Duplicate:
@@ -166,7 +168,8 @@ def fold(header, events):
             _ignore(state, event, f"事件格式不正确（{type(exc).__name__}）")
             continue
         state = trial
-        _add_participants(state, event.get("parties"))
+        # Only the kinds that carry participants add any (casedocs.PARTY_KINDS).
+        _add_participants(state, party_codes(event))
         if kind != "attached":
             _note(state, event)
     state["status_label"] = STATUS_LABELS.get(state["status"], state["status"])
@@ -444,7 +447,8 @@ def _delivered(state, event):
     state["status"] = DONE
     state["stage"] = None
     state["delivered"] = {"node": event.get("node"), "hlc": event.get("hlc"),
-                          "by": _by(event), "to": event.get("to", "applicant")}
+                          "by": _by(event), "to": event.get("to", "applicant"),
+                          "id_checked": event.get("id_checked") is True}
     if event.get("visit", True):
         _visit(state, event)
 
@@ -481,6 +485,12 @@ def _commitment_checked(state, event):
     _require(state["postcheck"]["result"] is None, "核查结果已经登记")
     state["postcheck"] = {**state["postcheck"], "result": event.get("result"),
                           "text": event.get("text", "")}
+
+
+def _joined(state, event):
+    """Handle anywhere: only the county answers a look-up, so only it joins a station."""
+    _require(len(event.get("node") or "") == 6, "只有县级节点答复通办查询时才能接入站点")
+    _require(len(event.get("parties") or ()) == 1, "接入事件须指明一个站点")
 
 
 def _withdrawn(state, event):
@@ -551,7 +561,7 @@ _APPLY = {
     "approved": _decided, "rejected": _decided, "transferred": _transferred,
     "delivery_changed": _delivery_changed, "delivered": _delivered, "rated": _rated,
     "complained": _complained, "complaint_handled": _complaint_handled,
-    "commitment_checked": _commitment_checked, "withdrawn": _withdrawn,
+    "commitment_checked": _commitment_checked, "withdrawn": _withdrawn, "joined": _joined,
     "card": _card, "followed_up": _followed_up, "extended": _extended,
     "clock_stopped": _clock_stopped, "clock_resumed": _clock_resumed,
 }

@@ -11,6 +11,12 @@ last good release active and is recorded: ``waiting`` while listed documents hav
 arrived, ``failed`` (an alarm) when a release is tampered, unsigned, signed by another key or
 an old one replayed. Pages never read ``item:`` documents directly, so a document changed
 after activation cannot reach a citizen either (it raises an alarm instead).
+
+Every revision held of a release and of its listed documents counts, not only the winning
+one: whoever can write a document with ``new_edits: false`` picks a revision id that wins,
+so a planted conflicting ``release:`` or ``item:`` revision would otherwise block the genuine
+one for a whole subtree. The validly signed release revision (and the listed revisions with
+the signed hashes) is used; every other revision is an alarm, never a block.
 """
 
 import datetime
@@ -23,6 +29,7 @@ from shared import clock
 from shared import errors
 from shared.catalog import calendar as cal
 from shared.catalog import release as rel
+from shared.store import revs as R
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +141,11 @@ class CatalogActivation:
                 _alarm(db, doc_id, doc, f"已生效的 {doc_id} 被改动或删除；继续使用签名时的内容")
 
     def _candidates(self, db):
-        """Release document ids above the active number, newest first."""
+        """Release document ids above the active number, newest first (a deleted winner
+        too: a planted tombstone may sit on top of the genuine revision)."""
         active = active_number(db)
         rows = db.execute_sql(
-            "SELECT id FROM document WHERE id > ? AND id < ? AND deleted = 0",
+            "SELECT id FROM document WHERE id > ? AND id < ?",
             (rel.RELEASE_PREFIX, rel.RELEASE_PREFIX[:-1] + ";")).fetchall()
         numbered = []
         for (doc_id,) in rows:
@@ -147,11 +155,44 @@ class CatalogActivation:
                 numbered.append((number or 0, doc_id))
         return [doc_id for _, doc_id in sorted(numbered, reverse=True)]
 
-    def _load(self, doc_id):
+    def _versions(self, doc_id):
+        """Every live revision held of ``doc_id`` with its body: the leaves in winning
+        order, then the revisions below them (a planted child may hide the genuine one)."""
         try:
-            return self.store.get(doc_id)
+            leaves = [e["ok"] for e in self.store.open_revs(doc_id, "all", revs=True)
+                      if "ok" in e]
         except errors.NotFound:
-            return None
+            return []
+        leaves.sort(key=lambda d: (not d.get("_deleted"), R.rev_key(d["_rev"])), reverse=True)
+        seen = [d["_rev"] for d in leaves]
+        below = []
+        for leaf in leaves:
+            revisions = leaf.pop("_revisions", None) or {}
+            start, ids = revisions.get("start", 0), revisions.get("ids") or []
+            below += [f"{start - i}-{h}" for i, h in enumerate(ids)
+                      if f"{start - i}-{h}" not in seen and f"{start - i}-{h}" not in below]
+        held = leaves + ([e["ok"] for e in self.store.open_revs(doc_id, below) if "ok" in e]
+                         if below else [])
+        return [dict(d, _id=doc_id) for d in held if not d.get("_deleted")]
+
+    def _signed_version(self, db, doc_id, entry, doc):
+        """The canonical text of a revision of ``doc_id`` whose hash is ``entry``'s, or None.
+
+        ``doc`` (the winner, or None) is tried first; when it differs, every other revision
+        held is, and the winner is recorded as an alarm.
+        """
+        if doc is not None:
+            text = rel.verified_text(entry, doc)
+            if text is not None:
+                return text
+        for version in self._versions(doc_id):
+            text = rel.verified_text(entry, version)
+            if text is not None:
+                if doc is not None:
+                    _alarm(db, doc_id, doc, f"{doc_id} 有一个与签名不符的修订（{doc.get('_rev')}），"
+                                            "已忽略，使用签名时的内容")
+                return text
+        return None
 
     def _verify(self, db, release, written):
         """Check every listed document against its hash, a chunk at a time (a village PC
@@ -161,31 +202,47 @@ class CatalogActivation:
         (a copy tampered with after activation cannot block the next release); the others
         come from ``written`` (the winners this very write brought) or the store.
 
+        A winner that differs from what was signed is not the end: another revision held
+        with the signed hash is used (and the winner is an alarm).
+
+        :returns: ``{doc_id: canonical text}`` of the documents verified from a revision
+            other than the winning one (installed instead of the winner).
         :raises ReleaseRefused: a listed document differs from what was signed, or is
             missing.
         """
         in_force = _in_force(db)
         changed, missing, malformed = [], [], []
+        texts = {}
         entries = [e for e in release["entries"] if in_force.get(e["id"]) != e["hash"]]
         for start in range(0, len(entries), VERIFY_CHUNK):
             chunk = entries[start:start + VERIFY_CHUNK]
             held = self.store.winners(e["id"] for e in chunk if e["id"] not in written)
+            hidden = _deleted_ids(db, [e["id"] for e in chunk])
             for entry in chunk:
                 doc_id = entry["id"]
                 doc = written.get(doc_id) if doc_id in written else held.get(doc_id)
-                if doc is None:
+                if doc is not None and rel.verified_text(entry, doc) is not None:
+                    verified = doc
+                elif doc is not None or doc_id in hidden:
+                    text = self._signed_version(db, doc_id, entry, doc)
+                    if text is None:
+                        (changed if doc is not None else missing).append(doc_id)
+                        continue
+                    texts[doc_id] = text
+                    verified = json.loads(text)
+                else:
                     missing.append(doc_id)
-                elif rel.verified_text(entry, doc) is None:
-                    changed.append(doc_id)
-                elif rel.is_calendar_id(doc_id):
+                    continue
+                if rel.is_calendar_id(doc_id):
                     try:
-                        cal.entries_of_document(doc)
+                        cal.entries_of_document(verified)
                     except ValueError as exc:
                         malformed.append(f"{doc_id}（{exc}）")
         rel.refuse_contents(release, changed, missing)
         if malformed:
             raise rel.ReleaseRefused(f"第 {release['number']} 号发布中的工作日历格式错误："
                                      f"{'、'.join(malformed)}")
+        return texts
 
     def activate(self, db, written=None):
         """Activate the newest release above the active one that holds; record the outcome.
@@ -205,14 +262,13 @@ class CatalogActivation:
         outcome = None
         for doc_id in candidates:
             started = time.perf_counter()
-            release = (written or {}).get(doc_id) or self._load(doc_id)
-            if release is not None:
-                release = dict(release, _id=doc_id)
+            release, refusal = self._signed_release(db, doc_id)
             if release is None:
+                if refusal is not None:
+                    outcome = outcome or refusal
                 continue
             try:
-                rel.check_signature(release, self.trusted_keys)
-                self._verify(db, release, written or {})
+                texts = self._verify(db, release, written or {})
             except rel.ReleaseRefused as refused:
                 if refused.missing:
                     outcome = outcome or (WAITING, str(refused), release.get("number"))
@@ -220,7 +276,7 @@ class CatalogActivation:
                     _alarm(db, doc_id, release, str(refused))
                     outcome = outcome or (FAILED, str(refused), release.get("number"))
                 continue
-            _install(db, self.store, release, started)
+            _install(db, self.store, release, started, texts)
             logger.info("catalog release %s active (%d documents)", release["number"],
                         len(release["entries"]))
             if outcome is None:
@@ -231,6 +287,36 @@ class CatalogActivation:
         if outcome:
             _record_check(db, *outcome)
         return None
+
+
+    def _signed_release(self, db, doc_id):
+        """``(release, None)``: the revision of ``doc_id`` signed by a trusted key, or
+        ``(None, (FAILED, message, number))`` when none is (None when nothing is held).
+
+        Every revision that does not verify is an alarm; it blocks nothing as long as the
+        genuine one is held beside it.
+        """
+        refusal = None
+        for version in self._versions(doc_id):
+            try:
+                rel.check_signature(version, self.trusted_keys)
+            except rel.ReleaseRefused as refused:
+                _alarm(db, doc_id, version, str(refused))
+                number = version.get("number")
+                refusal = refusal or (FAILED, str(refused),
+                                      number if isinstance(number, int) else None)
+                continue
+            return version, None
+        return None, refusal
+
+
+def _deleted_ids(db, doc_ids):
+    """The ids among ``doc_ids`` whose winning revision is a deletion."""
+    if not doc_ids:
+        return set()
+    marks = ",".join("?" * len(doc_ids))
+    return {row[0] for row in db.execute_sql(
+        f"SELECT id FROM document WHERE deleted = 1 AND id IN ({marks})", doc_ids).fetchall()}
 
 
 def _alarm(db, doc_id, doc, message):
@@ -248,6 +334,12 @@ def _record_check(db, state, message, number):
     db.execute_sql(
         "INSERT OR REPLACE INTO catalog_check (id, state, message, number, checked_at) "
         "VALUES (1, ?, ?, ?, ?)", (state, message, number, _now()))
+
+
+def _search_name(item):
+    """The indexed name: the item's name and its aliases (常用简称), one a line, so that a
+    short name people use (社保卡, 低保) finds and ranks the item as its name does."""
+    return "\n".join([item["name"], *(item.get("aliases") or [])])
 
 
 def _search_text(item):
@@ -274,12 +366,16 @@ def _forget_search(conn, item_ids):
         conn.execute(f"DELETE FROM catalog_facet WHERE item_id IN ({marks})", item_ids)
 
 
-def _install(db, store, release, started):
+def _install(db, store, release, started, verified=None):
     """Make the verified documents of ``release`` the catalog in force.
 
     Only what changed is touched: rows of documents the release no longer lists go, the
     documents new to it are read (their stored JSON, a chunk at a time) and added.
+
+    :param verified: ``{doc_id: text}`` of documents verified from a revision other than
+        the winning one; their text is installed instead of the winner's.
     """
+    verified = verified or {}
     conn = db.connection()
     listed = {e["id"]: e for e in release["entries"]}
     for table, key in (("catalog_item", "item_id"), ("catalog_agency", "agency_id")):
@@ -290,14 +386,15 @@ def _install(db, store, release, started):
             conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in ids])
             if table == "catalog_item":
                 _forget_search(conn, ids)
-    changed_days = _install_calendar(conn, store, release)
+    changed_days = _install_calendar(conn, store, release, verified)
     in_force = _in_force(db)
     new = [e for e in release["entries"]
            if e["id"] not in in_force and not rel.is_calendar_id(e["id"])]
     for start in range(0, len(new), VERIFY_CHUNK):
         chunk = new[start:start + VERIFY_CHUNK]
         # The stored JSON as it is (written moments ago or earlier): no encoding again.
-        texts = store.winner_texts(e["id"] for e in chunk)
+        texts = store.winner_texts(e["id"] for e in chunk if e["id"] not in verified)
+        texts.update((e["id"], verified[e["id"]]) for e in chunk if e["id"] in verified)
         item_rows, agency_rows, search_rows, facets = [], [], [], []
         for entry in chunk:
             text = texts[entry["id"]]
@@ -309,7 +406,7 @@ def _install(db, store, release, started):
             item_rows.append((d["id"], entry["id"], entry["version"], entry["hash"], d["name"],
                               d["department"], d["item_type"], d["handling_type"],
                               d["promised_time_limit"], d["decide_tier"], text))
-            search_rows.append((d["id"], d["name"], _search_text(d)))
+            search_rows.append((d["id"], _search_name(d), _search_text(d)))
             facets.append((d["id"], "department", d["department"]))
             facets.extend((d["id"], "life_event", v) for v in d["life_events"])
             facets.extend((d["id"], "audience", v) for v in d["audiences"])
@@ -349,9 +446,10 @@ def _changed_span(before, after):
     return (min(days), max(days)) if days else None
 
 
-def _install_calendar(conn, store, release):
+def _install_calendar(conn, store, release, verified):
     """Install the release's calendar document (or none); ``(first, last, rules before)``:
-    the span of days it changed and the rules it replaced (None when nothing changed)."""
+    the span of days it changed and the rules it replaced (None when nothing changed).
+    ``verified``: as for :func:`_install`."""
     entry = next((e for e in release["entries"] if rel.is_calendar_id(e["id"])), None)
     current = conn.execute("SELECT doc_id, hash FROM catalog_calendar_doc").fetchone()
     if entry is not None and current == (entry["id"], entry["hash"]):
@@ -361,7 +459,7 @@ def _install_calendar(conn, store, release):
     conn.execute("DELETE FROM catalog_calendar_year")
     conn.execute("DELETE FROM catalog_calendar_doc")
     if entry is not None:
-        text = store.winner_texts([entry["id"]])[entry["id"]]
+        text = verified.get(entry["id"]) or store.winner_texts([entry["id"]])[entry["id"]]
         entries = cal.entries_of_document(json.loads(text))
         conn.executemany("INSERT INTO catalog_calendar VALUES (?, ?, ?)",
                          [(e["date"], int(e["workday"]), e["reason"])
@@ -581,12 +679,29 @@ def search_count(db, query):
                           params).fetchone()[0]
 
 
+#: A word matching at least this share of the items in force (and at least
+#: COMMON_MIN_ITEMS of them) tells the searcher little: the page says so.
+COMMON_SHARE = 0.8
+COMMON_MIN_ITEMS = 5
+
+
+def common_words(db, query):
+    """The words of ``query`` that (nearly) every item in force contains (身份证)."""
+    words = [w for w in (query or "").split() if w][:8]
+    total = db.execute_sql("SELECT COUNT(*) FROM catalog_item").fetchone()[0]
+    if not words or total < COMMON_MIN_ITEMS:
+        return []
+    return [w for w in dict.fromkeys(words) if search_count(db, w) >= total * COMMON_SHARE]
+
+
 def search(db, query, limit=50, offset=0):
     """Items in force matching every word of ``query`` (partial Chinese words included).
 
     Words of three or more characters use the trigram index; shorter ones (a two-character
     Chinese word such as 低保) a LIKE over the same text, which is fine for a catalog's
-    size. Results rank names above other text.
+    size. Results rank the items whose name or aliases (the indexed name) hold more of the
+    words first, so a word every item's materials mention (身份证) still lists the items
+    named after it before the rest; ties go by item id.
     """
     parsed = _search_where(query)
     if parsed is None:

@@ -248,6 +248,9 @@ def display_value(field, value):
                      if isinstance(row, dict) and not _empty(row.get(c.key))]
             lines.append(f"{n}. " + "；".join(cells))
         return "\n".join(lines)
+    if field.kind == "record" and isinstance(value, dict):
+        return "；".join(f"{c.label}：{_cell_text(c, value.get(c.key))}" for c in field.columns
+                        if not _empty(value.get(c.key)))
     return str(value)
 
 

@@ -106,6 +106,11 @@ def _now():
     return clock.time()
 
 
+def bound(db):
+    """A context in which the authoring models use ``db`` (callers outside a request)."""
+    return db.bind_ctx([Account, *MODELS], bind_refs=False, bind_backrefs=False)
+
+
 def _bound(function):
     """Run ``function`` with the models bound to the database it is given (a ``db`` or a
     store as first argument), whichever node the process opened last."""
@@ -391,6 +396,136 @@ def propose(db, by, note=""):
         changes=json.dumps(summary, ensure_ascii=False))
     logger.info("release %s proposed by %s (%d changes)", proposal.number, by, len(changes))
     return proposal
+
+
+def _record_changes(kind, before_by_id, after_by_id, record_ids):
+    """Changes of the records ``record_ids`` of one kind, with each differing field's old and
+    new value (the shape of :func:`proposal_changes`)."""
+    fields = schema.ITEM_FIELDS if kind == "item" else schema.AGENCY_FIELDS
+    changes = []
+    for record_id in record_ids:
+        before, after = before_by_id.get(record_id), after_by_id.get(record_id)
+        if before == after:
+            continue
+        change = "added" if before is None else "removed" if after is None else "changed"
+        changed = []
+        if change == "changed":
+            changed = [{"key": f.key, "label": f.label, "before": before.get(f.key),
+                        "after": after.get(f.key)}
+                       for f in fields if before.get(f.key) != after.get(f.key)]
+        changes.append({"kind": kind, "id": record_id, "change": change,
+                        "name": (after or before).get("name", ""), "fields": changed,
+                        "before": before, "after": after})
+    return changes
+
+
+def _calendar_changes(before_entries, after_entries):
+    """Calendar changes in the shape of :func:`calendar_diff`'s."""
+    before = {cal.entry_key(e): e for e in before_entries}
+    after = {cal.entry_key(e): e for e in after_entries}
+    changes = []
+    for key in sorted(set(before) | set(after), key=lambda k: (len(k) == 4, k)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        change = "added" if old is None else "removed" if new is None else "changed"
+        changes.append({"kind": "calendar", "id": key, "change": change,
+                        "name": cal.describe(new or old), "fields": [],
+                        "before": old, "after": new,
+                        "before_text": cal.describe(old) if old else "",
+                        "after_text": cal.describe(new) if new else ""})
+    return changes
+
+
+def _release_before(store, number):
+    """The release document with the highest number below ``number`` this node holds, or
+    None."""
+    found = []
+    for (doc_id,) in store.db.execute_sql(
+            "SELECT id FROM document WHERE id > 'release:' AND id < 'release;' "
+            "AND deleted = 0").fetchall():
+        match = rel.RELEASE_ID.fullmatch(doc_id)
+        if match and int(match.group(1)) < number:
+            found.append((int(match.group(1)), doc_id))
+    for _, doc_id in sorted(found, reverse=True):
+        text = store.winner_texts([doc_id]).get(doc_id)
+        if text is not None:
+            return json.loads(text)
+    return None
+
+
+def _records_of_release(store, release, wanted):
+    """``({kind: {id: record}}, calendar entries or None)`` of the records ``wanted``
+    (``{(kind, id)}``) that ``release`` lists, as authored, and its calendar."""
+    doc_ids, calendar_id = {}, None
+    for entry in release.get("entries") or []:
+        parsed = rel.parse_versioned_id(entry["id"])
+        if parsed is None:
+            continue
+        if parsed[0] == "calendar":
+            calendar_id = entry["id"]
+        elif parsed[:2] in wanted:
+            doc_ids[entry["id"]] = parsed[:2]
+    texts = store.winner_texts(list(doc_ids) + ([calendar_id] if calendar_id else []))
+    records = {"item": {}, "agency": {}}
+    for doc_id, (kind, record_id) in doc_ids.items():
+        if doc_id in texts:
+            doc = json.loads(texts[doc_id])
+            records[kind][record_id] = {k: v for k, v in rel.content_of(doc).items()
+                                        if k not in schema.PUBLISHED_KEYS}
+    calendar = []
+    if calendar_id in texts:
+        try:
+            calendar = cal.entries_of_document(json.loads(texts[calendar_id]))
+        except ValueError:
+            calendar = None
+    return records, calendar
+
+
+@_bound
+def proposal_changes(store, proposal):
+    """What approving ``proposal`` changes, field by field, for the person who signs it.
+
+    The proposal's frozen records are compared with the release they replace: while the
+    proposal waits, the release in force (exactly what approval replaces); once it has been
+    decided, the release that was in force before it (the highest-numbered release below
+    it that this node holds), for the records its frozen change list names.
+
+    :returns: ``{"base": the number of that release (0: none), "changes": [...]}``. Each
+        change is ``{"kind", "id", "change", "name", "before", "after", "fields"}``
+        (``before``/``after`` the whole records, None when absent); ``fields`` lists, for a
+        changed record, ``{"key", "label", "before", "after"}`` of every field that
+        differs, in the schema's order, with the raw values. Calendar changes (kind
+        ``calendar``) also carry ``before_text`` and ``after_text``.
+    """
+    db = store.db
+    records = json.loads(proposal.records)
+    after = {"item": {r["id"]: r for r in records.get("items", [])},
+             "agency": {r["id"]: r for r in records.get("agencies", [])}}
+    calendar_after = records.get("calendar")
+    changes = []
+    if proposal.state == PROPOSED:
+        base = active.active_number(db)
+        items, agencies = published_records(db)
+        before = {"item": {r["id"]: r for r in items}, "agency": {r["id"]: r for r in agencies}}
+        for kind in KINDS:
+            changes += _record_changes(kind, before[kind], after[kind],
+                                       sorted(set(before[kind]) | set(after[kind])))
+        if calendar_after is not None:
+            changes += _calendar_changes(active.calendar_entries(db), calendar_after)
+        return {"base": base, "changes": changes}
+    summary = proposal.change_list()
+    release = _release_before(store, proposal.number)
+    base = release.get("number", 0) if release else 0
+    wanted = {(c["kind"], c["id"]) for c in summary if c["kind"] in KINDS}
+    before, calendar_before = ({"item": {}, "agency": {}}, []) if release is None else \
+        _records_of_release(store, release, wanted)
+    for kind in KINDS:
+        changes += _record_changes(kind, before[kind], after[kind],
+                                   [c["id"] for c in summary if c["kind"] == kind])
+    if calendar_after is not None and calendar_before is not None:
+        changes += _calendar_changes(calendar_before, calendar_after)
+    return {"base": base, "changes": changes}
 
 
 def _decide(proposal_id, by):

@@ -1,9 +1,14 @@
 """The sample catalog (shared/data/catalog-sample.json) brought up to the full item schema.
 
-The fixture records 25 real livelihood items with the elements that public sources gave;
-the elements it lacks (process steps, location, phones, routing, life events…) are filled
-here with plain, clearly generic values so that the demo region and the tests work with
-complete, valid items. Nothing here is an official value.
+The data file records 25 livelihood items of 海丰县 (Haifeng County, Shanwei) as its own
+service guides would state them: the county's departments and the township governments as
+the bodies, the national and Guangdong regulations as the basis, the official portals as
+the sources. The project keeps its own copy (first imported from the handbook fixture
+``catalog-sample.json``, whose text was borrowed from other places' guides); edit this copy,
+never the handbook's. The elements the file lacks (process steps, location, phones, routing,
+life events…) are filled here from the department and the deciding tier so that the demo
+region and the tests work with complete, valid items. They are sample values, not the
+county's official ones (tests/test_sample_catalog.py keeps them Haifeng's).
 """
 
 import copy
@@ -41,22 +46,31 @@ CHANNEL_PREFIXES = [
     ("其他机构", "其他机构出具"), ("申请人自备", "申请人自备"),
 ]
 
-
-#: The fixture's confidence tags ("typical, unsourced"…): data for us, not for citizens.
-CONFIDENCE_TAG = re.compile(r"[，,；;]?\s*(typical, unsourced|typical|unsourced|sourced)"
-                            r"[^，,；;）)]*")
-
-
-def _clean(value):
-    """``value`` with the fixture's English confidence tags removed, recursively."""
-    if isinstance(value, str):
-        text = CONFIDENCE_TAG.sub("", value)
-        return re.sub(r"[（(]\s*[）)]", "", text).strip()
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: v if k in ("id", "sources") else _clean(v) for k, v in value.items()}
-    return value
+#: The department of an item (its ``department``) -> the consultation phone of the county
+#: body that answers for it (sample numbers of the county's 0660-66 exchange).
+CONSULT_PHONES = {
+    "人力资源社会保障": "0660-6612333",  # 海丰县人力资源和社会保障局
+    "医疗保障": "0660-6612393",  # 海丰县医疗保障局
+    "民政": "0660-6612349",  # 海丰县民政局
+    "残联": "0660-6612385",  # 海丰县残疾人联合会
+    "卫生健康": "0660-6612320",  # 海丰县卫生健康局
+    "公安": "0660-6612110",  # 海丰县公安局
+    "住房城乡建设": "0660-6612319",  # 海丰县住房和城乡建设局
+    "农业农村": "0660-6612316",  # 海丰县农业农村局
+    "司法行政": "0660-6612348",  # 海丰县司法局
+    "退役军人事务": "0660-6612366",  # 海丰县退役军人事务局
+}
+DEFAULT_PHONE = "0660-6612345"  # 海丰县政务服务数据管理局
+COUNTY_HALL = "海丰县政务服务中心（海城镇二环路）"
+LOCATIONS = {
+    "county": "各村（社区）党群服务中心便民服务站、各镇便民服务中心综合受理窗口；"
+              f"也可到{COUNTY_HALL}综合受理窗口办理",
+    "township": "各村（社区）党群服务中心便民服务站（代收代办）、各镇便民服务中心综合受理窗口",
+}
+HOURS = "工作日 上午 8:30—12:00，下午 14:30—17:30（法定节假日除外）"
+TRANSIT = ("就近到所在村（社区）党群服务中心便民服务站或镇便民服务中心办理，服务站一般设在"
+           f"村（居）委会办公场所内；{COUNTY_HALL}可乘县城公交在政务服务中心站下车。")
+COMPLAINT_PHONE = "12345"  # 12345 政务服务便民热线
 
 
 def _words(name, table, default):
@@ -101,7 +115,7 @@ def _material(entry):
         "sample_form": bool(entry.get("sample_form")),
     }
     if channel == schema.SHARED_CHANNEL:
-        material["shared_from"] = entry.get("shared_from") or "相关部门（数据共享）"
+        material["shared_from"] = entry.get("shared_from") or "海丰县有关部门（数据共享）"
     if kind == "申请表格":
         material["common_mistakes"] = ["漏签名或代签名", "身份证号码填写有误"]
     if entry.get("note"):
@@ -117,8 +131,8 @@ def _steps(item, decide_tier):
          "description": "核验材料，齐全即受理；不齐全的一次性告知"},
     ]
     if item["handling_type"] == "承诺件":
-        steps.append({"name": "审核", "actor": "镇（街道）业务部门" if decide_tier == "county"
-                      else "业务部门", "description": "审核申请材料与条件"})
+        steps.append({"name": "审核", "actor": "镇便民服务中心（初审）" if decide_tier == "county"
+                      else "镇业务部门", "description": "审核申请材料与条件"})
         steps.append({"name": "决定", "actor": decider[:60],
                       "description": "作出准予或不予决定", "days": item["statutory_time_limit"]
                       if item["statutory_time_limit"] <= 365 else 365})
@@ -142,17 +156,18 @@ def normalise(entry):
     if handling == "承诺件" and statutory == 0:
         statutory = max(promised, 1)
     charged = not entry.get("fee", "不收费").startswith(("不收费", "首次申领免"))
+    department = re.split(r"[（/]", entry["domain"])[0]
     item = {
         "id": entry["id"],
         "name": name,
         "item_type": entry["item_type"],
         "item_type_code": entry["item_type_code"],
         "exercise_level": "镇级" if decide_tier == "township" else "县级",
-        "department": re.split(r"[（/]", entry["domain"])[0],
+        "department": department,
         "implementing_body": entry["deciding_body"][:120],
         "legal_basis": entry["legal_basis"] or ["（依据待补充）"],
-        "accept_conditions": [f"符合《{name}》办理条件的{entry['service_object']}",
-                              "申请材料齐全、符合法定形式"],
+        "accept_conditions": entry.get("accept_conditions") or [
+            f"符合{name}办理条件的申请人", "申请材料齐全、符合法定形式"],
         "materials": [_material(m) for m in entry["materials"]],
         "fee": charged,
         "statutory_time_limit": statutory,
@@ -170,12 +185,11 @@ def normalise(entry):
         "one_level": decide_tier == "township",
         "accepting_body": entry["accepting_body"][:200],
         "deciding_body": entry["deciding_body"][:200],
-        "location": "各村（社区）党群服务中心服务站、各镇（街道）便民服务中心综合窗口",
-        "hours": "工作日 上午 8:30—12:00，下午 14:30—17:30（法定节假日除外）",
-        "transit": "到户籍所在村（社区）服务站或镇（街道）便民服务中心；"
-                   "县城内可乘公交至县政务服务中心。",
-        "consult_phone": "0660-3333000",
-        "complaint_phone": "12345",
+        "location": LOCATIONS[decide_tier],
+        "hours": HOURS,
+        "transit": TRANSIT,
+        "consult_phone": CONSULT_PHONES.get(department, DEFAULT_PHONE),
+        "complaint_phone": COMPLAINT_PHONE,
         "service_object": entry["service_object"],
         "audiences": _words(name, AUDIENCE_WORDS, ["全体居民"]),
         "life_events": _words(name, LIFE_EVENT_WORDS, ["困难救助"]),
@@ -193,7 +207,10 @@ def normalise(entry):
         item["cross_region"] = entry["cross_region"][:200]
     if entry.get("notes"):
         item["notes"] = str(entry["notes"])[:2000]
-    item = _clean(item)
+    if entry.get("aliases"):
+        item["aliases"] = list(entry["aliases"])
+    if entry.get("eligibility"):
+        item["eligibility"] = dict(entry["eligibility"])
     for record, fields in [(item, schema.ITEM_FIELDS),
                            *((m, schema.MATERIAL_FIELDS) for m in item["materials"])]:
         optional = {f.key for f in fields if not f.required}
@@ -205,19 +222,19 @@ def normalise(entry):
 SAMPLE_AGENCIES = [
     {"id": "ZJ-001", "name": "海丰县建筑工程质量检测站", "services": ["房屋安全鉴定"],
      "credit_status": "良好", "blacklisted": False, "phone": "0660-6600001"},
-    {"id": "ZJ-002", "name": "汕尾市某房屋安全鉴定有限公司", "services": ["房屋安全鉴定"],
+    {"id": "ZJ-002", "name": "海丰县恒固房屋安全鉴定有限公司", "services": ["房屋安全鉴定"],
      "credit_status": "失信", "blacklisted": True,
      "blacklist_reason": "出具虚假鉴定报告，列入失信名单（示例数据）", "phone": "0660-6600002"},
     {"id": "ZJ-003", "name": "海丰县测绘服务中心", "services": ["宅基地测绘", "房屋测绘"],
      "credit_status": "良好", "blacklisted": False, "phone": "0660-6600003"},
 ]
-#: item id -> intermediary services it may need (generic sample values).
+#: item id -> intermediary services it may need (sample values).
 SAMPLE_SERVICES = {
     "GD-LS-20": [{"name": "房屋安全鉴定", "basis": "《农村危房改造基本安全技术导则》",
                   "time_limit_days": 10, "fee": "由财政承担，申请人不付费",
                   "agencies": ["ZJ-001", "ZJ-002"]}],
     "GD-LS-21": [{"name": "宅基地测绘", "basis": "《不动产登记暂行条例实施细则》",
-                  "time_limit_days": 5, "fee": "按市场调节价，示例 300 元/宗",
+                  "time_limit_days": 5, "fee": "按市场调节价收取，参考价每宗 300 元",
                   "agencies": ["ZJ-003"]}],
 }
 

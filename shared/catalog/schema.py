@@ -49,8 +49,9 @@ class Field:
     """One element of a record: its key, Chinese label, kind and constraints.
 
     ``kind`` is one of ``text``, ``longtext``, ``int``, ``bool``, ``choice``, ``choices``
-    (a list drawn from ``choices``), ``lines`` (a list of strings) or ``table`` (a list of
-    records described by ``columns``).
+    (a list drawn from ``choices``), ``lines`` (a list of strings), ``table`` (a list of
+    records described by ``columns``) or ``record`` (one record described by ``columns``,
+    every column optional, at least one given).
     """
 
     key: str
@@ -64,6 +65,7 @@ class Field:
     max_length: int = 500
     columns: tuple = ()
     hint: str = ""
+    max_items: int = 0  # most entries of a ``lines`` list (0: no limit)
 
 
 STEP_FIELDS = (
@@ -93,6 +95,11 @@ MATERIAL_FIELDS = (
     Field("sample_form", "提供示例样表", "bool"),
     Field("common_mistakes", "常见错误", "lines", required=False, max_length=200),
     Field("note", "备注", "longtext", required=False, max_length=500),
+)
+
+ELIGIBILITY_FIELDS = (
+    Field("min_age", "最低年龄（周岁）", "int", required=False, maximum=150),
+    Field("max_age", "最高年龄（周岁）", "int", required=False, maximum=150),
 )
 
 INTERMEDIARY_FIELDS = (
@@ -134,7 +141,7 @@ ITEM_FIELDS = (
     Field("online_depth", "网上办理深度", "choice", choices=ONLINE_DEPTHS),
     Field("online_application", "可网上申请", "bool"),
     Field("accept_tiers", "受理层级", "choices", choices=tuple(TIERS),
-          hint="village / township / county，可多选"),
+          hint="可多选"),
     Field("decide_tier", "决定层级", "choice", choices=("township", "county")),
     Field("one_level", "一级办结", "bool", hint="是：由受理所在镇直接决定，不再逐级上报"),
     Field("parallel_departments", "并联审批部门", "lines", required=False, max_length=60),
@@ -149,6 +156,10 @@ ITEM_FIELDS = (
     Field("service_object", "服务对象", "choice", choices=SERVICE_OBJECTS),
     Field("audiences", "适用人群", "choices", choices=AUDIENCES),
     Field("life_events", "人生事件", "choices", choices=LIFE_EVENTS),
+    Field("aliases", "常用简称", "lines", required=False, max_length=20, max_items=20,
+          hint="群众常说的简称或别名，每行一个，如：社保卡、低保；搜索时按事项名称对待"),
+    Field("eligibility", "年龄条件", "record", required=False, columns=ELIGIBILITY_FIELDS,
+          hint="按身份证号码计算的周岁；网上预申请时先核对，不符合的不能提交"),
     Field("proxy_allowed", "可代办", "bool"),
     Field("appointment_allowed", "可预约", "bool"),
     Field("commitment_allowed", "可告知承诺", "bool"),
@@ -235,6 +246,8 @@ def _check_value(field, value, path, label, errors):
     elif kind == "lines":
         if not isinstance(value, list):
             return fail("应为列表（每行一条）")
+        if field.max_items and len(value) > field.max_items:
+            fail(f"最多 {field.max_items} 条（现有 {len(value)} 条）")
         for n, entry in enumerate(value, 1):
             if not isinstance(entry, str) or not entry.strip():
                 fail(f"第 {n} 条为空或不是文字")
@@ -242,6 +255,12 @@ def _check_value(field, value, path, label, errors):
                 fail(f"第 {n} 条超过 {field.max_length} 个字")
             elif field.pattern is not None and not field.pattern.fullmatch(entry):
                 fail(f"第 {n} 条格式不正确（{entry}）")
+    elif kind == "record":
+        if not isinstance(value, dict):
+            return fail("应为一个记录")
+        if not any(value.get(c.key) is not None for c in field.columns):
+            return fail("至少填写一项")
+        _check_record(field.columns, value, path, f"{label}·", errors)
     elif kind == "table":
         if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
             return fail("应为记录列表")
@@ -329,6 +348,13 @@ def validate_item(item):
         if material["necessity"] == "容缺后补" and not item["deficiency_allowed"]:
             errors.append(FieldError(path + ".necessity",
                                      f"{label}：事项不允许容缺受理，材料不能标为容缺后补"))
+    aliases = item.get("aliases") or []
+    if len(set(aliases)) != len(aliases):
+        fail("aliases", "有重复的简称")
+    ages = item.get("eligibility") or {}
+    if ages.get("min_age") is not None and ages.get("max_age") is not None and \
+            ages["min_age"] > ages["max_age"]:
+        fail("eligibility", f"最低年龄 {ages['min_age']} 不能大于最高年龄 {ages['max_age']}")
     step_names = [s["name"] for s in item["process_steps"]]
     if len(set(step_names)) != len(step_names):
         fail("process_steps", "环节名称重复")

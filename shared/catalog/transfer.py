@@ -13,7 +13,7 @@ import datetime
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from openpyxl import Workbook, load_workbook
@@ -55,7 +55,20 @@ class Sheet:
         return ((ITEM_REF,) if self.table else ()) + tuple(f.label for f in self.fields)
 
 
-ITEM_SHEET = Sheet("事项", tuple(f for f in ITEM_FIELDS if f.kind != "table"))
+def _flat(fields):
+    """Columns of a sheet: a ``record`` field (年龄条件) becomes one column per sub-field,
+    keyed ``eligibility.min_age``; tables have sheets of their own."""
+    columns = []
+    for field in fields:
+        if field.kind == "record":
+            columns += [replace(column, key=f"{field.key}.{column.key}", required=False)
+                        for column in field.columns]
+        elif field.kind != "table":
+            columns.append(field)
+    return tuple(columns)
+
+
+ITEM_SHEET = Sheet("事项", _flat(ITEM_FIELDS))
 TABLE_SHEETS = tuple(Sheet(FIELD_BY_KEY[key].label, columns, key) for key, columns in (
     ("materials", MATERIAL_FIELDS), ("process_steps", STEP_FIELDS),
     ("fee_items", FEE_FIELDS), ("intermediary_services", INTERMEDIARY_FIELDS)))
@@ -208,8 +221,17 @@ def write_xlsx(path, items, agencies):
     workbook.save(path)
 
 
+def _get(record, key):
+    """``record[key]``; a dotted key (``eligibility.min_age``) reads the sub-record."""
+    if "." in key:
+        outer, inner = key.split(".", 1)
+        held = record.get(outer)
+        return held.get(inner) if isinstance(held, dict) else None
+    return record.get(key)
+
+
 def _row(sheet, record):
-    return [_encode(field, record.get(field.key)) for field in sheet.fields]
+    return [_encode(field, _get(record, field.key)) for field in sheet.fields]
 
 
 def _encode(field, value):
@@ -417,7 +439,10 @@ class _Reader:
                 self.report.add(f"{path}.{field.key}", str(exc), sheet.title, row, field.label,
                                 self.columns[sheet.title, field.label])
                 continue
-            if value is not None:
+            if value is not None and "." in field.key:
+                outer, inner = field.key.split(".", 1)
+                record.setdefault(outer, {})[inner] = value
+            elif value is not None:
                 record[field.key] = value
         self.rows[path] = (sheet.title, row)
         into.append(record)
@@ -467,7 +492,10 @@ class _Reader:
         if (sheet.title, None) in self.missing or (sheet.title, field) in self.missing:
             return  # "必填" on every row of a column or sheet that is not there at all
         title, row = self.rows[record]
-        label = next((f.label for f in sheet.fields if f.key == field), None)
+        sub = error.path[match.end():].lstrip(".")  # eligibility.min_age: its own column
+        label = next((f.label for f in sheet.fields if f.key == field), None) or \
+            next((f.label for f in sheet.fields if f.key == f"{field}.{sub}"), None) or \
+            next((f.label for f in sheet.fields if f.key.startswith(f"{field}.")), None)
         self.report.add(error.path, error.message, title, row, label,
                         self.columns.get((title, label), 0))
 

@@ -39,6 +39,8 @@ def parse_rev(rev):
     match = REV_RE.match(rev)
     if not match:
         raise InvalidRev(rev)
+    if len(match.group(1)) > 18:  # beyond SQLite's integers (and int()'s digit limit)
+        raise InvalidRev(rev)
     pos = int(match.group(1))
     if pos < 1 and rev != "0-0":
         raise InvalidRev(rev)

@@ -7,6 +7,7 @@ registered projection, so a reader never sees a document without its query rows.
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -19,10 +20,27 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_REVS_LIMIT = 1000
 DEFAULT_MAX_DOCUMENT_SIZE = 8 * 1024 * 1024
+#: The largest ``revs_limit`` a store accepts (CouchDB has none; a bound keeps stemming on).
+MAX_REVS_LIMIT = 1_000_000
+#: The owner of the node's own ``_local`` documents (syncd's side of its checkpoints, the
+#: CLI) and of every one an older store held before documents had owners.
+LOCAL_OPERATOR = ""
+#: The largest ``N`` of a ``_local`` rev ``0-N`` (SQLite's INTEGER is 64-bit).
+MAX_LOCAL_REV = 2 ** 63 - 2
 
 # Members CouchDB accepts on input; the last four are output-only and silently dropped.
 SPECIAL_MEMBERS = {"_id", "_rev", "_revisions", "_deleted", "_attachments"}
 IGNORED_MEMBERS = {"_conflicts", "_deleted_conflicts", "_local_seq", "_revs_info"}
+
+# Each caller's _local documents are its own: ``owner`` names who wrote them
+# (``LOCAL_OPERATOR`` for the node itself; see ``Store.get_local``).
+LOCAL_DOC_TABLE = """CREATE TABLE IF NOT EXISTS local_doc (
+        owner TEXT NOT NULL DEFAULT '',
+        id TEXT NOT NULL,
+        rev INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (owner, id)
+    ) WITHOUT ROWID"""
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS document (
@@ -39,11 +57,7 @@ SCHEMA = [
         body TEXT NOT NULL,
         PRIMARY KEY (doc_id, rev)
     ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS local_doc (
-        id TEXT PRIMARY KEY,
-        rev INTEGER NOT NULL,
-        body TEXT NOT NULL
-    )""",
+    LOCAL_DOC_TABLE,
     """CREATE TABLE IF NOT EXISTS meta (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -104,6 +118,20 @@ class _DocState:
 WRITE_POLL_INTERVAL = 0.25
 
 
+def _owner_only(path):
+    """Make the store's files readable by the node's user alone (0600): they hold sealed
+    personal data and the audit chain. A path SQLite treats specially is left alone."""
+    if not path or str(path).startswith(":") or str(path).startswith("file:"):
+        return
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(f"{path}{suffix}", 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # e.g. a filesystem without modes: say so, carry on
+            logger.warning("cannot make %s%s private: %s", path, suffix, exc)
+
+
 class Store:
     """A node's CouchDB-compatible document database in one SQLite file.
 
@@ -131,8 +159,33 @@ class Store:
             self._meta_default("update_seq", "0")
             self._meta_default("uuid", uuid.uuid4().hex)
             self._meta_default("instance_start_time", str(int(clock.time() * 1000000)))
+            self._migrate_local_docs()
+        _owner_only(path)
 
     # -- plumbing -----------------------------------------------------------------------
+
+    def _migrate_local_docs(self):
+        """Give an older store's ``local_doc`` table its ``owner`` column (in the opening
+        transaction, so serve and syncd starting together migrate once).
+
+        Who wrote an older document is not known, so every one becomes the operator's:
+        the node's own syncd keeps its checkpoints, other nodes and accounts no longer
+        see them (their replications start over once; ``_revs_diff`` keeps that cheap).
+        """
+        columns = [row[1] for row in self.db.execute_sql("PRAGMA table_info(local_doc)")]
+        if "owner" in columns:
+            return
+        statements = [
+            "ALTER TABLE local_doc RENAME TO local_doc_unowned",
+            LOCAL_DOC_TABLE,
+            "INSERT INTO local_doc (owner, id, rev, body) "
+            "SELECT ?, id, rev, body FROM local_doc_unowned",
+            "DROP TABLE local_doc_unowned",
+        ]
+        for statement in statements:
+            self.db.execute_sql(statement, (LOCAL_OPERATOR,) if "?" in statement else ())
+        logger.info("local documents of %s migrated: they now belong to the node itself",
+                    self.path)
 
     def _meta_default(self, key, value):
         self.db.execute_sql("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -213,6 +266,8 @@ class Store:
         """Change how many revisions the store keeps per branch (applies to later writes)."""
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise errors.BadRequest("revs_limit must be a positive integer")
+        if limit > MAX_REVS_LIMIT:
+            raise errors.BadRequest(f"revs_limit must be at most {MAX_REVS_LIMIT}")
         with self.db.atomic():
             self.set_meta("revs_limit", limit)
         self._revs_limit = limit
@@ -880,18 +935,24 @@ class Store:
 
     # -- _local documents ----------------------------------------------------------------
 
-    def get_local(self, local_id):
-        """Read ``_local/{local_id}``; raises NotFound."""
+    def get_local(self, local_id, *, owner=LOCAL_OPERATOR):
+        """Read ``_local/{local_id}`` of ``owner``; raises NotFound.
+
+        Every caller of ``/db`` has its own ``_local`` documents (``owner`` names it, see
+        ``couch.local_owner``): one node's checkpoint is never another's to read or move.
+        The node itself (syncd's side of its checkpoints) is ``LOCAL_OPERATOR``.
+        """
         row = self.db.execute_sql(
-            "SELECT rev, body FROM local_doc WHERE id = ?", (local_id,)).fetchone()
+            "SELECT rev, body FROM local_doc WHERE owner = ? AND id = ?",
+            (owner, local_id)).fetchone()
         if row is None:
             raise errors.NotFound("missing")
         doc = {"_id": f"_local/{local_id}", "_rev": f"0-{row[0]}"}
         doc.update(json.loads(row[1]))
         return doc
 
-    def put_local(self, local_id, doc):
-        """Write ``_local/{local_id}``; never replicated, never in the changes feed.
+    def put_local(self, local_id, doc, *, owner=LOCAL_OPERATOR):
+        """Write ``_local/{local_id}`` of ``owner``; never replicated, never in the changes feed.
 
         As in CouchDB 3 the new rev is the given one plus one, without conflict check.
         :returns: the new rev ``0-N``.
@@ -901,29 +962,35 @@ class Store:
         given = doc.get("_rev")
         previous = 0
         if given is not None:
-            try:
-                pos, number = str(given).split("-", 1)
-                previous = int(number)
-            except ValueError:
-                raise errors.BadRequest("Invalid rev format") from None
+            pos, _, number = str(given).partition("-")
+            if not number.isascii() or not number.isdigit() or len(number) > 19 or \
+                    int(number) > MAX_LOCAL_REV:
+                raise errors.BadRequest("Invalid rev format")
+            previous = int(number)
         body = {k: v for k, v in doc.items() if k not in ("_id", "_rev")}
-        body_json = _dumps(body)
-        if len(body_json.encode("utf-8")) > self.max_document_size:
+        try:
+            body_json = _dumps(body)
+            size = len(body_json.encode("utf-8"))
+        except (UnicodeEncodeError, RecursionError):
+            # A lone surrogate (or a body nested too deep) cannot be stored as UTF-8 JSON.
+            raise errors.BadRequest("invalid UTF-8 JSON") from None
+        if size > self.max_document_size:
             raise errors.DocumentTooLarge("")
         if doc.get("_deleted") is True:
-            self.delete_local(local_id)
+            self.delete_local(local_id, owner=owner)
             return "0-0"
         rev = previous + 1
         with self.db.atomic():
             self.db.execute_sql(
-                "INSERT OR REPLACE INTO local_doc (id, rev, body) VALUES (?, ?, ?)",
-                (local_id, rev, body_json))
+                "INSERT OR REPLACE INTO local_doc (owner, id, rev, body) VALUES (?, ?, ?, ?)",
+                (owner, local_id, rev, body_json))
         return f"0-{rev}"
 
-    def delete_local(self, local_id):
-        """Remove ``_local/{local_id}``; raises NotFound when absent."""
+    def delete_local(self, local_id, *, owner=LOCAL_OPERATOR):
+        """Remove ``_local/{local_id}`` of ``owner``; raises NotFound when absent."""
         with self.db.atomic():
-            cursor = self.db.execute_sql("DELETE FROM local_doc WHERE id = ?", (local_id,))
+            cursor = self.db.execute_sql(
+                "DELETE FROM local_doc WHERE owner = ? AND id = ?", (owner, local_id))
             if cursor.rowcount == 0:
                 raise errors.NotFound("missing")
 

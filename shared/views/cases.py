@@ -324,6 +324,25 @@ def _clerk_sections(node):
     ]
 
 
+def _accepted_here_section(node, calendar, today):
+    """本站受理的在办件: every open case this station accepted, wherever it is now, with
+    whether it has been uploaded — what a clerk needs when the citizen phones. Shown for
+    information; it is not counted as work to do here."""
+    from shared import syncstatus
+
+    statuses = (F.HANDLING, F.SUPPLEMENTING, F.READY)
+    marks = ",".join("?" * len(statuses))
+    rows = _select(f"status IN ({marks}) AND json_extract(state, '$.accepted_at') = ?",
+                   [*statuses, node], "due IS NULL, due, number")
+    unsent = set(syncstatus.unsent_cases(current_app.extensions["store"], node)["numbers"]
+                 if current_app.config.get("PARENT_URL") else ())  # the county uploads to none
+    section = _sections([("accepted_here", "本站受理的在办件", rows)], calendar, today)[0]
+    for row in section["rows"]:
+        row["uploaded"] = row["number"] not in unsent
+    section["informational"] = True
+    return section
+
+
 def _approver_sections(node, staff):
     rows = _queue(node, (F.HANDLING,), department=staff.department or None,
                   order=CARD_FIRST)
@@ -391,6 +410,7 @@ def worklist():
     shown = []
     if staff.has_role("clerk"):
         shown += _sections(_clerk_sections(node), calendar, today)
+        shown.append(_accepted_here_section(node, calendar, today))
     if staff.has_role("approver"):
         shown += _sections(_approver_sections(node, staff), calendar, today)
     if staff.has_role("supervisor"):
@@ -399,7 +419,8 @@ def worklist():
     bookings = len(ap.bookings(_db(), today)) if staff.has_role("clerk") else None
     response = make_response(render_template(
         "cases/worklist.html", sections=shown, node=node, today=today,
-        total=sum(len(s["rows"]) for s in shown), bookings=bookings, list_limit=LIST_LIMIT))
+        total=sum(len(s["rows"]) for s in shown if not s.get("informational")),
+        bookings=bookings, list_limit=LIST_LIMIT))
     # Cards must show the moment they are written: never a stale copy from a cache.
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -907,11 +928,20 @@ def _act_complaint(desk, number, state, actor):
                                  _text("text"))
 
 
-def _act_deliver(desk, number, state, actor):
+def _collector(state):
+    """``(to, ID number)`` of who collects the result, as the form gives them."""
     to = request.form.get("to") or "applicant"
-    if to not in ("applicant", "agent"):
+    if to not in ("applicant", "agent") or (to == "agent" and not state.get("proxy")):
         raise CaseError("请选择领取人。")
-    return desk.deliver(number, actor, to=to)
+    number = _text("collector_id", 40)
+    if not number:
+        raise CaseError("请填写领取人的证件号码，核验后才能送达。")
+    return to, number
+
+
+def _act_deliver(desk, number, state, actor):
+    to, id_number = _collector(state)
+    return desk.deliver(number, actor, to=to, id_number=id_number)
 
 
 def _act_change_delivery(desk, number, state, actor):
@@ -977,10 +1007,53 @@ def _refusal(desk, state, staff, action):
     return NOT_NOW
 
 
+#: Irreversible decisions: the first submit shows what will be done, the second does it.
+CONFIRM = {
+    "approve": ("审批通过", "审批通过后结果即送往领取站点，不能撤回。"),
+    "reject": ("不予批准", "不予批准决定作出后即告知申请人，不能撤回。"),
+    "deliver": ("确认送达", "送达后办件即办结，不能撤回。请当面核对领取人证件。"),
+}
+#: The form fields each confirmed action carries over to its second submit.
+CONFIRM_FIELDS = {"approve": ("result", "licence_name", "licence_number", "licence_valid_until"),
+                  "reject": ("reason",), "deliver": ("to", "collector_id")}
+
+
+def _confirm_details(desk, state, action):
+    """What the confirmation page lists; a CaseError when the input is already wrong."""
+    if action == "approve":
+        licence = " ".join(v for v in (_text("licence_name", 200), _text("licence_number", 200))
+                           if v)
+        until = _text("licence_valid_until", 200)
+        return [("办理结果", _text("result", 500) or "准予办理"),
+                ("出具证照", (licence + (f"，有效期至 {until}" if until else "")) or "不出具")]
+    if action == "reject":
+        if not _text("reason"):
+            raise CaseError("不予批准须写明理由。")
+        return [("理由（申请人可见）", _text("reason"))]
+    to, id_number = _collector(state)
+    desk.check_collector(state, to, id_number)
+    who = "申请人本人" if to == "applicant" else "代办人"
+    return [("领取人", f"{who}（证件号码已核验：{id_number[:6]}********{id_number[-4:]}）")]
+
+
+def _confirm_page(desk, state, action, staff):
+    label, warning = CONFIRM[action]
+    details = _confirm_details(desk, state, action)
+    profile = desk.open_profile(state)
+    fields = [(name, request.form.get(name, "")) for name in CONFIRM_FIELDS[action]
+              if request.form.get(name) is not None]
+    return render_template(
+        "cases/confirm.html", state=state, action=action, label=label, warning=warning,
+        details=details, fields=fields, applicant=personal.mask_name(profile.get("name", "")),
+        staff_name=staff.full_name or staff.username)
+
+
 @bp.route("/<number>/<action>", methods=["POST"])
 @staff_required(*CASE_ROLES)
 def act(number, action):
-    """One action on the case; a refusal re-renders the case with the reason (409)."""
+    """One action on the case; a refusal re-renders the case with the reason (409).
+
+    Approval, refusal and delivery are confirmed first (:data:`CONFIRM`)."""
     if action not in ACTIONS:
         return message_page(404, "找不到页面", f"没有“{action}”这项操作。")
     staff = current_staff()
@@ -991,6 +1064,8 @@ def act(number, action):
     if action not in available_actions(desk, state, staff, _node()):
         return _case_page(number, error=_refusal(desk, state, staff, action), status=409)
     try:
+        if action in CONFIRM and request.form.get("confirm") != "1":
+            return _confirm_page(desk, state, action, staff)
         HANDLERS[action](desk, number, state, web.actor(staff))
     except blobmod.BlobRefused as exc:
         return _case_page(number, error=exc.message, status=400)
@@ -1032,7 +1107,8 @@ def receipt(number):
     return render_template(
         "cases/receipt.html", header=header, state=state, due=due,
         **_deadlines(state, desk.calendar),
-        applicant=personal.mask_name(profile.get("name", "")),
+        # The applicant's own paper: the name in full (pages others may see mask it).
+        applicant=profile.get("name", ""),
         item=_item_or_none(desk, header["item"]) or {}, accepted_by=_accepted_by(state),
         received=[m for m in materials if m["status"] in RECEIVED],
         outstanding=[m for m in materials if m["status"] in F.OUTSTANDING],
@@ -1061,7 +1137,7 @@ def notice(number):
         deficiency_due=(_notice_deadline(state, event, desk.calendar)
                         if event.get("kind") == "accepted" else None),
         date=_hlc_date(event.get("hlc")), by=event.get("by") or {},
-        applicant=personal.mask_name(profile.get("name", "")),
+        applicant=profile.get("name", ""),
         item=_item_or_none(desk, header["item"]) or {})
 
 

@@ -31,10 +31,10 @@ PAGE_SIZE = 20
 
 #: The guide's sections: a title and the item fields it shows, in order.
 SECTIONS = (
-    ("基本信息", ("id", "name", "item_type", "item_type_code", "basic_code",
+    ("基本信息", ("id", "name", "aliases", "item_type", "item_type_code", "basic_code",
                  "implementation_code", "exercise_level", "department", "implementing_body",
                  "service_object", "audiences", "life_events")),
-    ("设定依据和受理条件", ("legal_basis", "accept_conditions")),
+    ("设定依据和受理条件", ("legal_basis", "accept_conditions", "eligibility")),
     ("申请材料", ("materials",)),
     ("办理流程", ("process_steps",)),
     ("办理时限", ("handling_type", "statutory_time_limit", "statutory_time_limit_unit",
@@ -102,6 +102,14 @@ def format_value(field, value, record=None):
         return "、".join(names.get(v, v) for v in value)
     if kind == "lines":
         return [str(v) for v in value]
+    if kind == "record" and isinstance(value, dict):
+        if key == "eligibility":
+            low, high = value.get("min_age"), value.get("max_age")
+            if low is not None and high is not None:
+                return f"{low} 至 {high} 周岁"
+            return f"年满 {low} 周岁" if low is not None else f"{high} 周岁及以下"
+        return "；".join(f"{c.label}：{value[c.key]}" for c in field.columns
+                        if value.get(c.key) is not None)
     return str(value)
 
 
@@ -247,7 +255,11 @@ def _listing(db, summaries, words=()):
         if item is None:  # a release activated between the two reads
             continue
         snippet = summary.get("snippet")
-        if words and not snippet and not any(w in item["name"] for w in words):
+        aliases = [a for a in item.get("aliases") or () if any(w in a for w in words)]
+        if words and aliases and not any(w in item["name"] for w in words):
+            # found by a short name people use: say which (the body may not hold it)
+            snippet = "常用简称：" + "、".join(f"【{a}】" for a in aliases)
+        elif words and not snippet and not any(w in item["name"] for w in words):
             snippet = _match_context(item, words)
         rows.append({**summary, "promised_text": promised_text(item),
                      "name_html": highlight(summary["name"], words),
@@ -318,8 +330,10 @@ def search():
     found = active.search(db, query, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE) \
         if total else []
     items = _listing(db, found, words)
+    common = active.common_words(db, query) if total else []
     return render_template("catalog/search.html", q=query, items=items, error=None,
-                           total=total, page=page, pages=pages, page_size=PAGE_SIZE)
+                           total=total, page=page, pages=pages, page_size=PAGE_SIZE,
+                           common=common)
 
 
 def _guide_context(item_id):

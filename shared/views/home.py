@@ -1,11 +1,15 @@
 """The node's home page: what this station is and what its store holds."""
 
+import logging
+
 from flask import Blueprint, Response, current_app, json, render_template, request
 
 from shared import clock
 from shared.config import TIER_NAMES
+from shared.staff import current_staff
 from shared.store.projections import TypeIndex
 
+logger = logging.getLogger(__name__)
 bp = Blueprint("home", __name__)
 
 
@@ -41,6 +45,48 @@ def catalog_summary(store):
             "alarm": status["alarms"][0]["message"] if status["alarms"] else None}
 
 
+#: What each document type is, for the staff's figures.
+TYPE_NAMES = {"item": "事项", "agency": "中介机构", "release": "目录发布", "calendar": "工作日历",
+              "node": "站点登记", "status": "站点状态", "case": "办件", "event": "办件环节",
+              "scan": "扫描件", "settings": "设置"}
+#: The opening hours a station shows until its operator sets ``STATION_HOURS``.
+DEFAULT_HOURS = "周一至周五 上午 8:30—12:00，下午 14:30—17:30（法定节假日除外）"
+
+
+def station_info(app=None):
+    """Hours, phone and address the station shows to citizens (its settings)."""
+    config = (app or current_app).config
+    return {"hours": config.get("STATION_HOURS") or DEFAULT_HOURS,
+            "phone": config.get("STATION_PHONE") or "",
+            "address": config.get("STATION_ADDRESS") or ""}
+
+
+def _county_name():
+    """The county's name from the registry, when this node is below it."""
+    code = current_app.config["NODE_CODE"][:6]
+    if code == current_app.config["NODE_CODE"]:
+        return ""
+    from shared import registry
+
+    try:
+        entry = registry.lookup(current_app.extensions["store"].db, code)
+    except Exception:  # noqa: BLE001 - a name is a nicety, never a failure (no registry yet)
+        logger.debug("no registry entry for %s", code, exc_info=True)
+        return ""
+    return entry.name if entry else ""
+
+
+def _life_events():
+    """``[(life event, item count)]`` of the catalog in force (empty before the first)."""
+    from shared.catalog.active import facet_counts
+
+    try:
+        return facet_counts(current_app.extensions["store"].db).get("life_event", [])
+    except Exception:  # noqa: BLE001 - no catalog tables yet on a fresh node
+        logger.debug("no catalog facets", exc_info=True)
+        return []
+
+
 def wants_html():
     """True when the client prefers HTML over JSON (a browser, not a CouchDB client)."""
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
@@ -62,9 +108,11 @@ def index():
         response.vary.add("Accept")
         return response
     summary = node_summary()
-    response = current_app.make_response(
-        render_template("home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]],
-                        published=clock.format_time(summary["catalog"]["time"])))
+    response = current_app.make_response(render_template(
+        "home.html", s=summary, tier_name=TIER_NAMES[summary["tier"]],
+        published=clock.format_time(summary["catalog"]["time"]), station=station_info(),
+        county_name=_county_name(), events=_life_events(), staff=current_staff(),
+        type_names=TYPE_NAMES))
     response.vary.add("Accept")
     return response
 

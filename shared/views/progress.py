@@ -35,7 +35,7 @@ from markupsafe import Markup, escape
 from shared import clock
 from shared import casedocs, errors, registry
 from shared.cases import fold as F
-from shared.cases import personal, web
+from shared.cases import idnumbers, personal, web
 from shared.cases.blobs import MAX_BLOB_BYTES, MIB, BlobRefused, check as check_blob
 from shared.cases.desk import ApplicantInput, CaseError
 from shared.catalog import active
@@ -397,13 +397,16 @@ def due_text(state, calendar):
         return "补正期间暂停计时，补齐材料后继续计算"
     if not state.get("accepted_day"):
         return "受理后开始计算"
+    if state["status"] in (F.READY, F.DONE):
+        return f"已于 {state.get('decided_day') or '—'} 办结"
     due = due_info(state, calendar)
     return due.isoformat() if due else "—"
 
 
 def due_info(state, calendar):
     """The due date as a ``workdays.Due`` (None: no date to show)."""
-    if calendar is None or state["status"] == F.SUPPLEMENTING or not state.get("accepted_day"):
+    if calendar is None or not state.get("accepted_day") or \
+            state["status"] in (F.SUPPLEMENTING, F.READY, F.DONE):
         return None
     return F.due_info(state, calendar)
 
@@ -656,15 +659,67 @@ def _uploads(rows):
 
 def _apply_form_page(item, rows, choices, form, error=None, status=200):
     limits = {"files": MAX_FILES_PER_MATERIAL, "file": size_text(MAX_BLOB_BYTES),
-              "total": size_text(MAX_APPLY_REQUEST)}
+              "total": size_text(MAX_APPLY_REQUEST), "file_bytes": MAX_BLOB_BYTES,
+              "total_bytes": MAX_APPLY_REQUEST}
     body = render_template("progress/apply_form.html", item=item, rows=rows,
                            stations=choices, form=form, error=error, limits=limits)
     return current_app.response_class(body, status=status, mimetype="text/html")
 
 
-def _check_applicant(desk, form):
+class Ineligible(CaseError):
+    """The applicant's ID number rules them out of the item (``message``: why)."""
+
+
+def age_on(birth, day):
+    """Whole years (周岁) of someone born on ``birth`` on ``day``."""
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def eligibility_refusal(item, number):
+    """Why the ID number ``number`` rules the applicant out of ``item``'s age condition
+    (its ``eligibility``), in Chinese, or None. A credit code (an organisation) and an
+    item without the condition are never refused here."""
+    ages = item.get("eligibility") or {}
+    low, high = ages.get("min_age"), ages.get("max_age")
+    if low is None and high is None:
+        return None
+    try:
+        resident = idnumbers.check_resident_id(number)
+    except idnumbers.IdNumberInvalid:
+        return None  # not a resident ID number: the number check speaks for it
+    age = age_on(resident.birth_date, clock.today())
+    if low is not None and age < low:
+        rule = f"须年满 {low} 周岁"
+    elif high is not None and age > high:
+        rule = f"限 {high} 周岁及以下"
+    else:
+        return None
+    phone = item.get("consult_phone")
+    ask = f"如有疑问请咨询 {phone}。" if phone else "如有疑问请咨询服务站。"
+    return f"根据您的身份证号码，您目前 {age} 周岁，本事项{rule}，暂不能申请。{ask}"
+
+
+def _check_eligible(desk, item, number):
+    """The ID number first: refuse a wrong one, and one the item's age condition rules
+    out (before the citizen uploads anything)."""
+    desk.check_number(number)
+    refusal = eligibility_refusal(item, number)
+    if refusal is not None:
+        raise Ineligible(refusal)
+
+
+def _apply_id_page(item, form, error=None, status=200, refusal=None):
+    body = render_template("progress/apply_id.html", item=item, form=form, error=error,
+                           refusal=refusal)
+    return current_app.response_class(body, status=status, mimetype="text/html")
+
+
+def _check_applicant(desk, form, item=None):
     """Refuse a wrong ID number, name, phone or address before anything is stored."""
-    desk.check_number(form["id_number"])
+    if item is not None:
+        _check_eligible(desk, item, form["id_number"])
+    else:
+        desk.check_number(form["id_number"])
     if not form["name"].strip():
         raise CaseError("请填写申请人姓名。")
     if not form["phone"].strip():
@@ -701,6 +756,16 @@ def apply_item(item_id):
     form = {key: request.form.get(key, "") for key in ("id_number", "name", "phone",
                                                           "address", "station")}
     if request.method == "GET":
+        # The ID number first: an age condition it rules out is said before any upload.
+        return _apply_id_page(item, form)
+    if request.form.get("step") == "id":
+        try:
+            _check_eligible(desk, item, form["id_number"])
+        except Ineligible as exc:
+            logger.info("pre-application for %s: ruled out by age", item["id"])
+            return _apply_id_page(item, form, status=403, refusal=exc.message)
+        except CaseError as exc:
+            return _apply_id_page(item, form, exc.message, 400)
         form["station"] = own if any(code == own for code, _ in choices) else ""
         return _apply_form_page(item, rows, choices, form)
     counted = [(APPLY_PER_ADDRESS, client_address())]
@@ -711,7 +776,7 @@ def apply_item(item_id):
                                           APPLY_THROTTLED.format(minutes=minutes(wait)), 429),
                          wait)
     try:
-        _check_applicant(desk, form)
+        _check_applicant(desk, form, item)
         if form["station"] not in {code for code, _ in choices}:
             raise CaseError("请选择办理站点。")
         files = _uploads(rows)
@@ -723,6 +788,8 @@ def apply_item(item_id):
             address=form["address"]), form["station"], materials)
     except BlobRefused as exc:
         return _apply_form_page(item, rows, choices, form, exc.message, 400)
+    except Ineligible as exc:
+        return _apply_id_page(item, form, status=403, refusal=exc.message)
     except CaseError as exc:
         return _apply_form_page(item, rows, choices, form, exc.message, 400)
     logger.info("online pre-application %s for %s at %s", number, item["id"], form["station"])
@@ -791,11 +858,17 @@ def public_links():
 
 
 def init_template_helpers(app):
-    """Give templates ``form_token_field()`` and ``public_links()``; make the session cookie
-    same-site."""
-    app.jinja_env.globals.update(form_token_field=form_token_field, public_links=public_links)
+    """Give templates ``form_token_field()``, ``public_links()`` and ``upload_limit`` (the
+    per-file limit, for the file fields); make the session cookie same-site."""
+    app.jinja_env.globals.update(form_token_field=form_token_field, public_links=public_links,
+                                 upload_limit={"bytes": MAX_BLOB_BYTES,
+                                               "text": size_text(MAX_BLOB_BYTES)})
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if app.config.get("SESSION_COOKIE_NAME") in (None, "session") and app.config.get("NODE_CODE"):
+        # One name per node: cookies are per host, not per port, and the demo's nodes all
+        # live on 127.0.0.1 (a citizen's proof at one station must not end another's).
+        app.config["SESSION_COOKIE_NAME"] = f"tongban_{app.config['NODE_CODE']}"
 
 
 def init_app(app):
