@@ -607,6 +607,25 @@ def catalog_proposal(node_dir):
         store.close()
 
 
+def _decide_proposal(node_dir, decide):
+    """Run ``decide(store, proposal)`` on the waiting release; its refusals as CLI errors."""
+    from shared.catalog import publish
+
+    app = _proposal_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        with app.app_context(), publish.bound(store.db):
+            proposal = publish.open_proposal()
+            if proposal is None:
+                _fail("no release is waiting for approval")
+            try:
+                return proposal, decide(store, proposal)
+            except publish.PublishRefused as refused:
+                _fail(str(refused))
+    finally:
+        store.close()
+
+
 @catalog.command("approve")
 @click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--by", "approver", required=True,
@@ -617,20 +636,8 @@ def catalog_approve(node_dir, approver):
     from shared import identity
     from shared.catalog import publish
 
-    app = _proposal_app(node_dir)
-    store = app.extensions["store"]
-    try:
-        with app.app_context(), publish.bound(store.db):
-            proposal = publish.open_proposal()
-            if proposal is None:
-                _fail("no release is waiting for approval")
-            try:
-                release = publish.approve(store, proposal.id, approver,
-                                          identity.load_private_key(node_dir))
-            except publish.PublishRefused as refused:
-                _fail(str(refused))
-    finally:
-        store.close()
+    _, release = _decide_proposal(node_dir, lambda store, proposal: publish.approve(
+        store, proposal.id, approver, identity.load_private_key(node_dir)))
     click.echo(f"release {release['number']} approved by {approver}, signed and in force")
 
 
@@ -641,19 +648,8 @@ def catalog_withdraw(node_dir, proposer):
     """Take the waiting release back (its drafts stay, to be edited and proposed again)."""
     from shared.catalog import publish
 
-    app = _proposal_app(node_dir)
-    store = app.extensions["store"]
-    try:
-        with app.app_context(), publish.bound(store.db):
-            proposal = publish.open_proposal()
-            if proposal is None:
-                _fail("no release is waiting for approval")
-            try:
-                publish.withdraw(proposal.id, proposer)
-            except publish.PublishRefused as refused:
-                _fail(str(refused))
-    finally:
-        store.close()
+    proposal, _ = _decide_proposal(
+        node_dir, lambda store, proposal: publish.withdraw(proposal.id, proposer))
     click.echo(f"release {proposal.number} withdrawn by {proposer}; the drafts are kept")
 
 

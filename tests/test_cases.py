@@ -455,13 +455,23 @@ def test_a_transfer_goes_to_a_registered_node_and_keeps_the_county_after_review(
     assert state["handler"] == COUNTY
 
 
-def test_an_immediate_item_is_due_the_day_it_is_accepted(kit):
-    desk = kit.desk(VILLAGE_A)
-    number = desk.receive("GD-LS-01", applicant(), full_materials(desk, "GD-LS-01"), "accept",
-                          clerk())
-    state = desk.state(number)
+def test_an_immediate_item_is_due_the_day_it_is_accepted_where_it_is_decided(kit):
+    # GD-LS-13 (即办) is decided by the township: accepted there, due the same day.
+    desk = kit.desk(TOWNSHIP)
+    here = desk.receive("GD-LS-13", applicant(), full_materials(desk, "GD-LS-13"), "accept",
+                        clerk())
+    state = desk.state(here)
     assert state["limit"] == {"days": 0, "unit": "工作日", "kind": "promised"}
     assert F.due_date(state, kit.calendar).isoformat() == state["accepted_day"]
+    # Accepted at a village, it is decided on arrival: due the next working day, so the
+    # township's queue never shows it 当日到期 and then overdue while it travels.
+    village = kit.desk(VILLAGE_A)
+    passed_up = village.state(village.receive("GD-LS-13", applicant(),
+                                              full_materials(village, "GD-LS-13"), "accept",
+                                              clerk()))
+    assert F.forwarded_immediate(passed_up)
+    assert F.due_date(passed_up, kit.calendar) == \
+        kit.calendar.next_workday(passed_up["accepted_day"])
 
 
 def test_a_pre_application_is_routed_from_the_station_and_never_feeds_history(kit):

@@ -592,6 +592,15 @@ def due_date(state, calendar):
     return found.day if found else None
 
 
+def forwarded_immediate(state):
+    """True for a 即办件 accepted at a station that does not decide it (a village passing a
+    township's item up): it is decided on arrival, due the next working day rather than
+    the day of acceptance, which at the decider would read 当日到期 and then overdue."""
+    limit = state.get("limit") or {}
+    route = state.get("route") or []
+    return not limit.get("days") and bool(route) and route[-1] != state.get("accepted_at")
+
+
 def due_info(state, calendar):
     """:func:`due_date` as a ``workdays.Due``: the date and whether it is provisional
     (counted through days no published arrangement covers yet)."""
@@ -601,6 +610,8 @@ def due_info(state, calendar):
     start = datetime.date.fromisoformat(state["accepted_day"])
     stops = stops_as_dates(state)
     days = int(limit.get("days", 0)) + sum(e["days"] for e in state.get("extensions") or ())
+    if days == 0 and forwarded_immediate(state):
+        days = 1  # 即办 where it is decided: the next working day, never overdue in transit
     if limit.get("unit") == "自然日":
         if any(resume is None for _, resume in stops):
             return None
