@@ -190,6 +190,17 @@ def test_accept_notice_supplement_elsewhere_approve_deliver_rate(region, browser
                "the case reaches the township", timeout=60)
     logger.info("case %s reached the deciding township %.2f s after the accepting click",
                 number, time.monotonic() - accepted_at)
+    # When the citizen phones, the clerk finds it among her station's cases in progress:
+    # where it is now, its deadline, and that it has been uploaded.
+    def listed_as_uploaded():
+        clerk_a.goto("/cases/")
+        row = clerk_a.locator(f"#section-accepted_here tr[data-number='{number}']")
+        return row.count() == 1 and "已上传" in row.inner_text()
+
+    eventually(listed_as_uploaded, "the case listed as uploaded at village A", timeout=30)
+    row = clerk_a.locator(f"#section-accepted_here tr[data-number='{number}']")
+    expect(row.locator("td.stage")).to_have_text(NAMES[TOWNSHIP])
+    expect(row.locator("td.due")).to_have_text(re.compile(r"\d{4}-\d{2}-\d{2}"))
 
     # 2. Village B: the citizen brings the missing form; the clerk finds the case.
     clerk_b = open_page(browser, region.nodes[VILLAGE_B].url)

@@ -321,6 +321,11 @@ def test_two_person_publishing_through_the_pages(new_page):
     login_via(boss, proposal_path, "boss")
     expect(boss.get_by_role("heading", name="第 2 号发布申请")).to_be_visible()
     expect(boss.locator("#proposal-changes")).to_contain_text("GD-LS-03")
+    # Where the signature is given, the approver sees what is signed: the old and the new
+    # value of every changed field, side by side.
+    review = boss.locator("#review-item-GD-LS-03 tr.field-change").filter(has_text="办理时间")
+    expect(review.locator("td.before")).to_contain_text(old_hours[:6])
+    expect(review.locator("td.after")).to_contain_text("2026 年起周六上午增开")
     boss.get_by_role("button", name="批准并签发").click()
     expect(boss.get_by_role("status")).to_have_text("第 2 号发布已签发（已生效）")
     expect(boss.locator("#release-number")).to_have_text("第 2 号（现行目录）")
