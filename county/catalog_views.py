@@ -69,45 +69,6 @@ def _not_found(kind, record_id):
                         "（可能已标记删除）。")
 
 
-def _records(fields):
-    """The fields of kind ``record`` (one sub-record, such as 年龄条件): the generic form
-    code knows none, so each of their columns is an input named ``key.column``."""
-    return [f for f in fields if f.kind == "record"]
-
-
-def _form_values(fields, record):
-    values = form_values(fields, record)
-    for field in _records(fields):
-        held = record.get(field.key) if isinstance(record.get(field.key), dict) else {}
-        values[field.key] = {c.key: "" if held.get(c.key) is None else str(held[c.key])
-                             for c in field.columns}
-    return values
-
-
-def _submitted_values(fields, form):
-    values = submitted_values(fields, form)
-    for field in _records(fields):
-        values[field.key] = {c.key: form.get(f"{field.key}.{c.key}", "")
-                             for c in field.columns}
-    return values
-
-
-def _parse_form(fields, form, original=None):
-    record, found = parse_form(fields, form, original)
-    for field in _records(fields):
-        value = {}
-        for column in field.columns:
-            text = form.get(f"{field.key}.{column.key}", "").strip()
-            if text:
-                integer = column.kind == "int" and re.fullmatch(r"[+-]?\d+", text)
-                value[column.key] = int(text) if integer else text
-        if value:
-            record[field.key] = value
-        else:
-            record.pop(field.key, None)
-    return record, found
-
-
 def _render_form(kind, values, found=(), record_id=None, status=200):
     fields = KIND_FIELDS[kind]
     grouped = errors_by_field(fields, found)
@@ -168,9 +129,9 @@ def create(kind):
     """A new record: the empty form, and saving it as a draft."""
     fields = KIND_FIELDS[kind]
     if request.method == "GET":
-        return _render_form(kind, _form_values(fields, {}))
+        return _render_form(kind, form_values(fields, {}))
     db = _db()
-    record, found = _parse_form(fields, request.form)
+    record, found = parse_form(fields, request.form)
     found += _check(kind, record)
     record_id = record.get("id")
     if isinstance(record_id, str) and publish.working_record(db, kind, record_id) is not None:
@@ -182,7 +143,7 @@ def create(kind):
         except schema.CatalogInvalid as invalid:
             found = invalid.errors
     if found:
-        return _render_form(kind, _submitted_values(fields, request.form), found, status=422)
+        return _render_form(kind, submitted_values(fields, request.form), found, status=422)
     logger.info("%s drafted new %s %s", g.staff.username, kind, record_id)
     flash(f"已保存草稿：新增{KIND_NAMES[kind]} {record_id}（{record.get('name', '')}）", "ok")
     return redirect(url_for(".index"))
@@ -198,12 +159,12 @@ def edit(kind, record_id):
     if current is None:
         return _not_found(kind, record_id)
     if request.method == "GET":
-        return _render_form(kind, _form_values(fields, current), record_id=record_id)
-    record, found = _parse_form(fields, request.form, current)
+        return _render_form(kind, form_values(fields, current), record_id=record_id)
+    record, found = parse_form(fields, request.form, current)
     record["id"] = record_id  # the id is not editable: a new id is a new record
     found += _check(kind, record)
     if found:
-        values = _submitted_values(fields, request.form)
+        values = submitted_values(fields, request.form)
         values["id"] = record_id
         return _render_form(kind, values, found, record_id=record_id, status=422)
     name = f"{KIND_NAMES[kind]} {record_id}（{record.get('name', '')}）"
@@ -216,7 +177,7 @@ def edit(kind, record_id):
         try:
             publish.save_draft(db, kind, record, g.staff.username)
         except schema.CatalogInvalid as invalid:
-            return _render_form(kind, _submitted_values(fields, request.form), invalid.errors,
+            return _render_form(kind, submitted_values(fields, request.form), invalid.errors,
                                 record_id=record_id, status=422)
         logger.info("%s drafted a change of %s %s", g.staff.username, kind, record_id)
         flash(f"已保存草稿：{name}", "ok")

@@ -1,5 +1,6 @@
 """The ``tongban`` command."""
 
+import contextlib
 import errno
 import getpass
 import json
@@ -582,48 +583,48 @@ def _proposal_app(node_dir):
     return app
 
 
-@catalog.command("proposal")
-@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def catalog_proposal(node_dir):
-    """The release waiting for approval: its number, who proposed it, what it changes."""
+@contextlib.contextmanager
+def _waiting_proposal(node_dir):
+    """``(store, proposal or None)`` of the county at ``node_dir``, the models bound."""
     from shared.catalog import publish
 
     app = _proposal_app(node_dir)
     store = app.extensions["store"]
     try:
         with app.app_context(), publish.bound(store.db):
-            proposal = publish.open_proposal()
-            if proposal is None:
-                click.echo("没有等待审批的发布 / no release is waiting for approval")
-                return
-            click.echo(f"release {proposal.number} proposed by {proposal.proposed_by} at "
-                       f"{clock.format_time(proposal.proposed_at)}"
-                       + (f": {proposal.note}" if proposal.note else ""))
-            for change in proposal.change_list():
-                fields = "、".join(change.get("fields") or ())
-                click.echo(f"  {change['change']:8} {change['kind']:8} {change['id']} "
-                           f"{change.get('name') or ''}" + (f"（{fields}）" if fields else ""))
+            yield store, publish.open_proposal()
     finally:
         store.close()
+
+
+@catalog.command("proposal")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def catalog_proposal(node_dir):
+    """The release waiting for approval: its number, who proposed it, what it changes."""
+    with _waiting_proposal(node_dir) as (_, proposal):
+        if proposal is None:
+            click.echo("没有等待审批的发布 / no release is waiting for approval")
+            return
+        click.echo(f"release {proposal.number} proposed by {proposal.proposed_by} at "
+                   f"{clock.format_time(proposal.proposed_at)}"
+                   + (f": {proposal.note}" if proposal.note else ""))
+        for change in proposal.change_list():
+            fields = "、".join(change.get("fields") or ())
+            click.echo(f"  {change['change']:8} {change['kind']:8} {change['id']} "
+                       f"{change.get('name') or ''}" + (f"（{fields}）" if fields else ""))
 
 
 def _decide_proposal(node_dir, decide):
     """Run ``decide(store, proposal)`` on the waiting release; its refusals as CLI errors."""
     from shared.catalog import publish
 
-    app = _proposal_app(node_dir)
-    store = app.extensions["store"]
-    try:
-        with app.app_context(), publish.bound(store.db):
-            proposal = publish.open_proposal()
-            if proposal is None:
-                _fail("no release is waiting for approval")
-            try:
-                return proposal, decide(store, proposal)
-            except publish.PublishRefused as refused:
-                _fail(str(refused))
-    finally:
-        store.close()
+    with _waiting_proposal(node_dir) as (store, proposal):
+        if proposal is None:
+            _fail("no release is waiting for approval")
+        try:
+            return proposal, decide(store, proposal)
+        except publish.PublishRefused as refused:
+            _fail(str(refused))
 
 
 @catalog.command("approve")

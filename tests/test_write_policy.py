@@ -231,6 +231,9 @@ def test_a_station_cannot_make_itself_or_another_a_participant(region):
     scan = scan_of(region, number, B, parties=[B])
     answers = write_three_ways(region, B, scan, account=TABLET_B)
     assert refused(answers), answers
+    # Nothing refused was stored: the township's own full-scope account finds none of it.
+    for what, (_, doc) in {**attacks, "the tablet's scan": (B, scan)}.items():
+        assert not region.has(TOWN, doc["_id"]), what
     # B takes no part at the township, nor (once the township pushed all it took) above it.
     marker(region, number)
     for code in (TOWN, COUNTY):

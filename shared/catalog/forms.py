@@ -102,15 +102,29 @@ def format_value(field, value):
     return str(value)
 
 
+def _inputs(fields):
+    """``[(input name, field)]``: a ``record`` field (one sub-record, such as 年龄条件) is an
+    input per column, named ``<field>.<column>``; every other field is one input."""
+    return [(f"{f.key}.{c.key}", c) if f.kind == "record" else (f.key, f)
+            for f in fields for c in (f.columns if f.kind == "record" else [f])]
+
+
 def form_values(fields, record):
-    """``{key: form text}`` of ``record`` for the fields of its kind."""
-    return {f.key: format_value(f, record.get(f.key)) for f in fields}
+    """``{input name: form text}`` of ``record`` for the fields of its kind."""
+    values = {}
+    for name, field in _inputs(fields):
+        key, _, column = name.partition(".")
+        held = record.get(key)
+        if column:
+            held = held.get(column) if isinstance(held, dict) else None
+        values[name] = format_value(field, held)
+    return values
 
 
 def submitted_values(fields, form):
-    """``{key: form text}`` exactly as submitted, to show the form again."""
-    return {f.key: form.getlist(f.key) if f.kind == "choices" else form.get(f.key, "")
-            for f in fields}
+    """``{input name: form text}`` exactly as submitted, to show the form again."""
+    return {name: form.getlist(name) if field.kind == "choices" else form.get(name, "")
+            for name, field in _inputs(fields)}
 
 
 def _parse_scalar(field, text):
@@ -183,6 +197,10 @@ def parse_form(fields, form, original=None):
                                 field.choices)
         elif field.kind == "table":
             value = parse_table(field, form.get(field.key, ""), found)
+        elif field.kind == "record":
+            value = {c.key: _parse_scalar(c, text) for c, text in
+                     ((c, form.get(f"{field.key}.{c.key}", "").strip()) for c in field.columns)
+                     if text} or None  # no column filled in: no condition
         else:
             value = _parse_scalar(field, form.get(field.key, ""))
         if not _empty(value):

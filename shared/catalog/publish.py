@@ -226,31 +226,19 @@ def import_catalog(db, items, agencies, by):
     return diff(db)
 
 
-def _field_labels(kind, old, new):
-    fields = schema.ITEM_FIELDS if kind == "item" else schema.AGENCY_FIELDS
-    return [f.label for f in fields if old.get(f.key) != new.get(f.key)]
-
-
 @_bound
 def diff(db):
-    """The working copy against the release in force: added, changed and removed records."""
+    """The working copy against the release in force: added, changed and removed records
+    (``fields``: the labels of the fields that differ)."""
     published_items, published_agencies = published_records(db)
     items, agencies = working_copy(db)
     changes = []
     for kind, old, new in (("item", published_items, items),
                            ("agency", published_agencies, agencies)):
         old_by_id, new_by_id = {r["id"]: r for r in old}, {r["id"]: r for r in new}
-        for record_id in sorted(set(old_by_id) | set(new_by_id)):
-            before, after = old_by_id.get(record_id), new_by_id.get(record_id)
-            if before == after:
-                continue
-            change = "added" if before is None else "removed" if after is None else "changed"
-            changes.append({
-                "kind": kind, "id": record_id, "change": change,
-                "name": (after or before)["name"],
-                "fields": _field_labels(kind, before, after) if change == "changed" else [],
-                "before": before, "after": after,
-            })
+        for change in _record_changes(kind, old_by_id, new_by_id,
+                                      sorted(set(old_by_id) | set(new_by_id))):
+            changes.append(dict(change, fields=[f["label"] for f in change["fields"]]))
     return changes
 
 
@@ -321,24 +309,7 @@ def discard_calendar_draft(db, key):
 def calendar_diff(db):
     """The working calendar against the one in force: added, changed and removed entries,
     in the shape of :func:`diff`'s changes (kind ``calendar``, id the entry's key)."""
-    before = {cal.entry_key(e): e for e in active.calendar_entries(db)}
-    after = {cal.entry_key(e): e for e in working_calendar(db)}
-    changes = []
-    for key in sorted(set(before) | set(after), key=lambda k: (len(k) == 4, k)):
-        old, new = before.get(key), after.get(key)
-        if old == new:
-            continue
-        change = "added" if old is None else "removed" if new is None else "changed"
-        fields = []
-        if change == "changed":
-            fields = [label for member, label in (("workday", "安排"), ("reason", "原因"))
-                      if old.get(member) != new.get(member)]
-        changes.append({"kind": "calendar", "id": key, "change": change,
-                        "name": cal.describe(new or old), "fields": fields,
-                        "before": old, "after": new,
-                        "before_text": cal.describe(old) if old else "",
-                        "after_text": cal.describe(new) if new else ""})
-    return changes
+    return _calendar_changes(active.calendar_entries(db), working_calendar(db))
 
 
 # -- proposing and approving -----------------------------------------------------------------
@@ -420,7 +391,7 @@ def _record_changes(kind, before_by_id, after_by_id, record_ids):
 
 
 def _calendar_changes(before_entries, after_entries):
-    """Calendar changes in the shape of :func:`calendar_diff`'s."""
+    """Calendar changes between two lists of entries (:func:`calendar_diff`, the review)."""
     before = {cal.entry_key(e): e for e in before_entries}
     after = {cal.entry_key(e): e for e in after_entries}
     changes = []
@@ -429,8 +400,12 @@ def _calendar_changes(before_entries, after_entries):
         if old == new:
             continue
         change = "added" if old is None else "removed" if new is None else "changed"
+        fields = []
+        if change == "changed":
+            fields = [label for member, label in (("workday", "安排"), ("reason", "原因"))
+                      if old.get(member) != new.get(member)]
         changes.append({"kind": "calendar", "id": key, "change": change,
-                        "name": cal.describe(new or old), "fields": [],
+                        "name": cal.describe(new or old), "fields": fields,
                         "before": old, "after": new,
                         "before_text": cal.describe(old) if old else "",
                         "after_text": cal.describe(new) if new else ""})
