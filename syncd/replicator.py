@@ -16,6 +16,8 @@ import queue
 import threading
 import uuid
 
+from shared import errors
+
 logger = logging.getLogger(__name__)
 
 #: Version of our replication id scheme: hashed into the id and recorded in checkpoints,
@@ -294,8 +296,20 @@ class _Checkpointer:
         self.recorded_seq = seq
         body = build_checkpoint(self.session_id, seq, self.entry(stats), self.history,
                                 self.history_limit)
+        # Both peers are written even when the first write fails: every document up to
+        # ``seq`` is committed on the target, so either side may claim it. A write whose
+        # answer was lost may still have been applied; stopping there would leave the
+        # other side a session behind, and the next run would start from the older of
+        # the two (CouchDB's history walk), reading again what it already has.
+        failure = None
         for index, (peer, _) in enumerate(self.peers):
-            self.revs[index] = peer.put_local(self.rep_id, dict(body, _rev=self.revs[index]))
+            try:
+                self.revs[index] = peer.put_local(self.rep_id,
+                                                  dict(body, _rev=self.revs[index]))
+            except errors.TongbanError as exc:  # PeerError, or the store's Conflict
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         logger.debug("checkpoint %s at %s", self.rep_id, seq)
 
 

@@ -175,6 +175,43 @@ def test_interrupted_replication_resumes_without_duplicates(stores, prefetch):
     same_documents(source, target)
 
 
+class AnswerLostSource(LocalPeer):
+    """A source across a link that loses the answer to its ``lose_at``-th checkpoint write
+    after the write was applied (the request reached it, the reply did not come back)."""
+
+    def __init__(self, store, lose_at):
+        super().__init__(store)
+        self.writes = 0
+        self.lose_at = lose_at
+
+    def put_local(self, local_id, doc):
+        rev = super().put_local(local_id, doc)
+        self.writes += 1
+        if self.writes == self.lose_at:
+            raise errors.PeerError("PUT _local: HTTP 200 with an empty body (answer cut short)")
+        return rev
+
+
+def test_a_checkpoint_whose_answer_was_lost_is_still_written_on_the_other_side(stores):
+    source, target = stores("a"), stores("b")
+    fill(source, 50)
+    rep_id = replication_id(LocalPeer(source).identity(), LocalPeer(target).identity())
+    starts = []
+    # Two runs in a row lose the answer to a checkpoint the source did write: the
+    # target must hold the same checkpoint, or the next run would start from an older
+    # session (CouchDB's history walk) and read again what the target already has.
+    for lose_at, recorded in ((3, 30), (1, 40)):
+        with pytest.raises(errors.PeerError):
+            replicate(AnswerLostSource(source, lose_at), LocalPeer(target), batch_size=10)
+        assert target.get_local(rep_id)["source_last_seq"] == recorded
+        assert source.get_local(rep_id)["source_last_seq"] == recorded
+        assert source.get_local(rep_id)["session_id"] == target.get_local(rep_id)["session_id"]
+    resumed = replicate(LocalPeer(source), LocalPeer(target), batch_size=10)
+    assert resumed["start_last_seq"] == 40
+    assert resumed["docs_read"] == 10
+    same_documents(source, target)
+
+
 class RefusingTarget(LocalPeer):
     """A target that refuses one document with ``error`` and writes the rest."""
 
