@@ -203,6 +203,36 @@ def test_an_older_release_arriving_late_never_replaces_a_newer_one(county, villa
     assert active.active_item(db_of(village), "GD-LS-02")["hours"] == "全天"
 
 
+def test_a_release_that_fails_to_install_leaves_the_one_in_force_whole(county, village,
+                                                                       monkeypatch):
+    release_one(county)
+    _send(county, village)
+    vdb = db_of(village)
+    assert active.active_number(vdb) == 1 and len(active.active_items(vdb)) == 25
+    db = db_of(county)
+    publish.remove_record(db, "item", "GD-LS-02", "editor")
+    publish.approve(county.extensions["store"], publish.propose(db, "editor").id, "boss",
+                    county.key)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk I/O error")
+    monkeypatch.setattr(active, "_install_calendar", broken)
+    _send(county, village)
+    # Release 1 is still in force, whole: the removal of GD-LS-02 was rolled back with the
+    # rest of release 2's installation, and the failure is said on the status page.
+    assert active.active_number(vdb) == 1
+    assert len(active.active_items(vdb)) == 25
+    assert active.active_item(vdb, "GD-LS-02") is not None
+    status = active.catalog_status(vdb)
+    assert status["state"] == "failed" and "内部错误" in status["message"]
+    # Replication went on: release 2's documents are stored, and it activates once the
+    # installation works (the next write that touches the catalog tries again).
+    monkeypatch.undo()
+    active.CatalogActivation(village.extensions["store"],
+                             active.trusted_keys(village.config)).activate(vdb)
+    assert active.active_number(vdb) == 2 and len(active.active_items(vdb)) == 24
+
+
 def test_a_node_without_the_county_key_activates_nothing(county, tmp_path):
     release_one(county)
     (tmp_path / "u").mkdir()

@@ -321,6 +321,29 @@ def test_apply_delta_as_cases_progress_equals_a_rebuild(tmp_path):
     store.close()
 
 
+def test_a_case_that_fails_to_fold_leaves_no_figures_behind(kit, frozen, monkeypatch):
+    accept(kit, frozen, D(2026, 6, 15))
+    db = kit.store(COUNTY).db
+    before = table_rows(db)
+    desk = kit.desk(VILLAGE_A)
+    second = desk.receive(LOW_INCOME, casekit.applicant(NEARLY_60),
+                          casekit.full_materials(desk, LOW_INCOME), "accept", casekit.clerk())
+    real_delta = stats.apply_delta
+
+    def delta_then_fail(*args, **kwargs):
+        real_delta(*args, **kwargs)
+        raise ValueError("a malformed event")
+    monkeypatch.setattr(stats, "apply_delta", delta_then_fail)
+    kit.sync()
+    # The case's documents arrived (replication is not blocked), but nothing of its fold
+    # is left: no row, and the figures still those of the first case alone (before the
+    # fix they counted a case the work lists did not show).
+    assert kit.store(COUNTY).get(f"case:{second}")
+    assert not db.execute_sql("SELECT 1 FROM case_state WHERE number = ?",
+                              (second,)).fetchone()
+    assert table_rows(db) == before
+
+
 def test_the_benchmarks_bulk_path_matches_apply_delta(tmp_path):
     found = []
     for name, incremental in (("bulk", False), ("delta", True)):

@@ -13,6 +13,7 @@ from shared import clock
 from shared.cases import fold as F
 from shared.cases import stats
 from shared.scopes import case_number
+from shared.store.projections import contained
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,9 @@ class CaseIndex:
         numbers = dict.fromkeys(n for n in (case_number(doc_id) for doc_id, _ in docs
                                              if not doc_id.startswith("scan:")) if n)
         for number in numbers:
-            try:
-                self.refresh(db, number)
-            except Exception:  # a malformed received document must not block replication
-                logger.exception("case %s could not be folded", number)
+            # A malformed received document must not block replication; what its fold
+            # wrote (the supervision figures before the row) is rolled back with it.
+            contained(db, f"folding case {number}", self.refresh, db, number)
         return ()
 
     def refresh(self, db, number):

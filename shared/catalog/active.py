@@ -30,6 +30,7 @@ from shared import errors
 from shared.catalog import calendar as cal
 from shared.catalog import release as rel
 from shared.store import revs as R
+from shared.store.projections import contained
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +114,17 @@ class CatalogActivation:
                    if doc_id.startswith((rel.RELEASE_PREFIX, *rel.LISTED_PREFIXES))]
         if not touched:
             return None
-        try:
-            self._watch_active(db, touched)
-            if any(d.startswith(rel.RELEASE_PREFIX) for d, _ in touched) or \
-                    self._candidates(db):
-                self.activate(db, {d: doc for d, doc in touched if doc is not None})
-        except Exception:  # never let the catalog block replication of everything else
-            logger.exception("catalog activation failed")
+        # Never let the catalog block replication of everything else, and never leave a
+        # release half-installed: a failure rolls back all the activation wrote.
+        done, _ = contained(db, "catalog activation", self._apply, db, touched)
+        if not done:
             _record_check(db, FAILED, "目录验证时出现内部错误，详见日志", None)
         return None
+
+    def _apply(self, db, touched):
+        self._watch_active(db, touched)
+        if any(d.startswith(rel.RELEASE_PREFIX) for d, _ in touched) or self._candidates(db):
+            self.activate(db, {d: doc for d, doc in touched if doc is not None})
 
     # -- checks -------------------------------------------------------------------------
 

@@ -3,7 +3,32 @@
 Each projection is written in the same transaction as the documents it reflects and
 can be rebuilt from them (``tongban reindex``). Later issues register more (items,
 cases by status and due date, persons by blind index).
+
+A projection that must never block replication (a malformed received document, a release
+that fails to install) runs its work through :func:`contained`: a failure rolls back
+exactly what that work wrote, and the documents are stored all the same.
 """
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def contained(db, what, work, *args):
+    """Run ``work(*args)`` inside a savepoint of the store's write transaction.
+
+    On an exception, everything ``work`` wrote is rolled back (never a half-written
+    projection, such as a release reported in force with some of its items deleted), the
+    exception is logged, and the write goes on.
+
+    :returns: ``(True, result)``, or ``(False, None)`` when ``work`` failed.
+    """
+    try:
+        with db.atomic():  # nested in the store's transaction: a savepoint
+            return True, work(*args)
+    except Exception:  # the caller's documents are stored whatever a projection does
+        logger.exception("%s failed; what it wrote is rolled back", what)
+        return False, None
 
 
 class TypeIndex:
