@@ -92,16 +92,11 @@ def create_app(config=None, node_dir=None):
     :param config: a dict of settings applied last (tests pass one).
     :param node_dir: a node directory whose ``tongban.json`` is read first.
     """
-    merged = dict(cfg.DEFAULTS)
     if node_dir is not None:
-        merged.update(cfg.load_config(node_dir))
-    tier = (config or {}).get("TIER") or merged.get("TIER")
-    module = tier_module(tier)
-    merged.update(getattr(module, "DEFAULTS", {}))
-    if node_dir is not None:
-        merged.update(cfg.load_config(node_dir))
-    merged.update(config or {})
-    cfg.validate(merged)
+        merged = cfg.load_config(node_dir, config)
+    else:
+        merged = cfg.validate(cfg.layered(overrides=config))
+    module = tier_module(merged["TIER"])
 
     app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config.update(merged)

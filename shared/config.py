@@ -1,5 +1,7 @@
 """Node configuration: defaults, the node directory's file, overrides; validated at start-up."""
 
+import difflib
+import importlib
 import json
 import logging
 import re
@@ -24,6 +26,8 @@ DEFAULTS = {
     "NODE_CODE": None,
     "NODE_NAME": "",
     "PARENT_URL": None,
+    # The parent's division code, written by ``tongban init`` (informational).
+    "PARENT_CODE": None,
     "DB_PATH": None,
     "SECRET_KEY": None,
     "REVS_LIMIT": 1000,
@@ -75,6 +79,52 @@ DEFAULTS = {
     "STATION_HOURS": "",
     "STATION_PHONE": "",
     "STATION_ADDRESS": "",
+    # -- staff sessions and supervision --
+    # Minutes a staff session lives without a request.
+    "STAFF_SESSION_IDLE_MINUTES": 30.0,
+    # Send staff cookies over HTTPS only (set when the node is served behind TLS).
+    "STAFF_COOKIE_SECURE": False,
+    # A case in progress gets its yellow card this many working days before it is due.
+    "CARD_YELLOW_DAYS": 2,
+    # -- syncd (syncd/daemon.py) --
+    # The periodic round is the safety net: the longpoll brings the parent's changes and a
+    # local write starts a push. Every 5 minutes, not every 30 s: 420 idle nodes' rounds
+    # were most of a region's idle traffic and CPU (docs/benchmarks.md), and village links
+    # are slow and metered.
+    "SYNC_INTERVAL": 300.0,
+    # Seconds between retries after a failed round: doubling from SYNC_BACKOFF_BASE up to
+    # SYNC_MAX_BACKOFF.
+    "SYNC_MAX_BACKOFF": 300.0,
+    "SYNC_BACKOFF_BASE": 1.0,
+    # How often (seconds) syncd looks at its own store for local writes to push.
+    "SYNC_WATCH_INTERVAL": 0.2,
+    # Seconds the longpoll on the parent's _changes waits for a change.
+    "SYNC_LONGPOLL_TIMEOUT": 50.0,
+    # Seconds any one request to the parent may take.
+    "SYNC_REQUEST_TIMEOUT": 60.0,
+    # Documents per replication batch: 200 of ~4 KB catalog items keep a village's syncd
+    # under ~90 MiB while it takes in a whole catalog (500 cost ~15 MiB more at its peak).
+    "SYNC_BATCH_SIZE": 100,
+    # Replicate with this URL instead of the parent's /db (a test proxy, a relay).
+    "UPSTREAM_URL": None,
+    # -- retention (shared/retention.py) --
+    # Days a village keeps a closed case (delivered or withdrawn, no open complaint) after
+    # its last event; older ones are purged locally and stay at the township and county.
+    "RETENTION_DAYS": 365,
+    # -- tongban run (shared/supervisor.py) --
+    # Seconds before a child (serve, syncd) that exited is started again; doubled after
+    # each exit that follows a short run, up to RUN_RESTART_BACKOFF_MAX.
+    "RUN_RESTART_BACKOFF_INITIAL": 1.0,
+    # The longest wait (seconds) before a restart.
+    "RUN_RESTART_BACKOFF_MAX": 60.0,
+    # Seconds a child must stay up for its next restart to wait the shortest time again.
+    "RUN_RESTART_RESET_AFTER": 60.0,
+    # Seconds serve and syncd get to stop after SIGTERM before they are killed.
+    "RUN_STOP_TIMEOUT": 20.0,
+    # Size in bytes at which logs/run.log, serve.log and syncd.log are rotated...
+    "RUN_LOG_MAX_BYTES": 10 * 1024 * 1024,
+    # ...and how many rotated files of each are kept (serve.log.1 … serve.log.5).
+    "RUN_LOG_BACKUPS": 5,
 }
 
 
@@ -101,6 +151,7 @@ def validate_code(tier, code):
 
 def validate(config):
     """Check a merged configuration; raises ConfigurationError before the first request."""
+    check_kinds(config)
     validate_code(config.get("TIER"), config.get("NODE_CODE"))
     if not config.get("DB_PATH"):
         raise ConfigurationError("DB_PATH is not set")
@@ -133,22 +184,99 @@ STAYING_UP_SETTINGS = (
     "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW", "AUTH_LOCKOUT", "PASSWORD_CHECK_THREADS")
 
 
-def load_config(node_dir, overrides=None):
-    """Read ``node_dir/tongban.json`` over the defaults, then ``overrides``; validate."""
-    node_dir = Path(node_dir)
-    path = node_dir / CONFIG_FILE
+#: The kind of value of each setting whose default is None (the others take their
+#: default's kind: an int default a whole number, a float default any number).
+NULLABLE_KINDS = {
+    "TIER": str, "NODE_CODE": str, "PARENT_URL": str, "PARENT_CODE": str, "DB_PATH": str, "SECRET_KEY": str,
+    "COUNTY_PUBLIC_KEY": str, "PUBLIC_URL": str, "FEED_MAX_CONCURRENT": int,
+    "UPSTREAM_URL": str,
+}
+#: Set by the node itself, never read from its file.
+DERIVED = ("NODE_DIR",)
+
+
+def _kind_of(key):
+    default = DEFAULTS[key]
+    return NULLABLE_KINDS.get(key, object) if default is None else type(default)
+
+
+def _of_kind(value, kind):
+    if kind is object or value is None:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "an object"}
+
+
+def check_kinds(config):
+    """Raise ConfigurationError for a known setting holding a value of the wrong kind."""
+    for key in DEFAULTS:
+        kind = _kind_of(key)
+        if key in config and not _of_kind(config[key], kind):
+            raise ConfigurationError(
+                f"{key} must be {_KIND_NAMES.get(kind, kind.__name__)}, "
+                f"not {config[key]!r}")
+
+
+def tier_defaults(tier):
+    """What the tier's package (county, township, village) sets over the shared defaults."""
+    if tier not in TIERS:
+        return {}
+    return dict(importlib.import_module(tier).DEFAULTS)
+
+
+def read_node_file(node_dir):
+    """The settings of ``node_dir/tongban.json``.
+
+    :raises ConfigurationError: no such file, not a JSON object, or a key that is no
+        setting (a typo such as ``SYNC_INTERVALL`` is named, with what it may mean).
+    """
+    path = Path(node_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigurationError(f"{node_dir} is not a tongban node (no {CONFIG_FILE})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path} must hold a JSON object of settings")
+    for key in data:
+        if key not in DEFAULTS or key in DERIVED:
+            close = difflib.get_close_matches(str(key), DEFAULTS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigurationError(f"{path}: unknown setting {key!r}{hint}")
+    return data
+
+
+def layered(node_file=None, overrides=None, node_dir=None):
+    """Settings in their order: shared defaults, the tier's, the node's file, ``overrides``.
+
+    The tier is the one the overrides or the file name. Not validated: see ``validate``.
+    """
+    node_file, overrides = node_file or {}, overrides or {}
+    tier = overrides.get("TIER") or node_file.get("TIER")
     config = dict(DEFAULTS)
-    config.update(data)
-    config["NODE_DIR"] = str(node_dir)
-    if not config.get("DB_PATH"):
-        config["DB_PATH"] = str(node_dir / STORE_FILE)
-    elif not Path(config["DB_PATH"]).is_absolute():
-        config["DB_PATH"] = str(node_dir / config["DB_PATH"])
-    config.update(overrides or {})
-    return validate(config)
+    config.update(tier_defaults(tier))
+    config.update(node_file)
+    if node_dir is not None:
+        node_dir = Path(node_dir)
+        config["NODE_DIR"] = str(node_dir)
+        if not config.get("DB_PATH"):
+            config["DB_PATH"] = str(node_dir / STORE_FILE)
+        elif not Path(config["DB_PATH"]).is_absolute():
+            config["DB_PATH"] = str(node_dir / config["DB_PATH"])
+    config.update(overrides)
+    return config
+
+
+def load_config(node_dir, overrides=None):
+    """A node's settings (see ``layered``) from its directory, validated."""
+    return validate(layered(read_node_file(node_dir), overrides, node_dir))

@@ -30,6 +30,7 @@ from markupsafe import Markup, escape
 from peewee import CharField, DateTimeField, IntegerField
 
 from shared import clock
+from shared import config as cfg
 from shared import models
 from shared.db import database
 from shared.errors import ConfigurationError, TongbanError
@@ -46,7 +47,7 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-DEFAULT_IDLE_MINUTES = 30
+DEFAULT_IDLE_MINUTES = cfg.DEFAULTS["STAFF_SESSION_IDLE_MINUTES"]
 ABSOLUTE_LIFETIME = timedelta(hours=12)
 MAX_FAILURES = 5
 FAILURE_WINDOW = timedelta(minutes=15)

@@ -28,6 +28,7 @@ import random
 import threading
 import urllib.parse
 
+from shared import config as cfg
 from shared import errors, syncstatus
 from shared.clock import time as clock_time
 from syncd.peers import HttpPeer, LocalPeer
@@ -35,23 +36,9 @@ from syncd.replicator import STAT_KEYS, replicate, replication_id
 
 logger = logging.getLogger(__name__)
 
-#: Settings the daemon reads (a node's ``tongban.json`` may set any of them).
-DEFAULTS = {
-    # The periodic round is the safety net: the longpoll brings the parent's changes and a
-    # local write starts a push. Every 5 minutes, not every 30 s: 420 idle nodes' rounds
-    # were most of a region's idle traffic and CPU (docs/benchmarks.md), and village links
-    # are slow and metered.
-    "SYNC_INTERVAL": 300.0,
-    "SYNC_MAX_BACKOFF": 300.0,
-    "SYNC_BACKOFF_BASE": 1.0,
-    "SYNC_WATCH_INTERVAL": 0.2,
-    "SYNC_LONGPOLL_TIMEOUT": 50.0,
-    "SYNC_REQUEST_TIMEOUT": 60.0,
-    # Documents per replication batch: 200 of ~4 KB catalog items keep a village's syncd
-    # under ~90 MiB while it takes in a whole catalog (500 cost ~15 MiB more at its peak).
-    "SYNC_BATCH_SIZE": 100,
-    "UPSTREAM_URL": None,
-}
+#: Settings the daemon reads, declared with every other setting in shared/config.py.
+DEFAULTS = {key: value for key, value in cfg.DEFAULTS.items()
+            if key.startswith("SYNC_") or key == "UPSTREAM_URL"}
 
 
 #: A first sync larger than this many documents is logged as a warning.

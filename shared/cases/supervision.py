@@ -23,13 +23,14 @@ import logging
 from flask import current_app
 
 from shared import clock
+from shared import config as cfg
 from shared.casedocs import CHINA_TIME
 from shared.cases import fold as F
 from shared.cases.desk import CaseError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_YELLOW_DAYS = 2
+DEFAULT_YELLOW_DAYS = cfg.DEFAULTS["CARD_YELLOW_DAYS"]
 #: Cases whose due day is further away than this (calendar days) cannot need a card yet.
 HORIZON_DAYS = 60
 
