@@ -105,7 +105,9 @@ def handle_domain_error(exc):
     """Render a domain error raised by a view or the store."""
     headers = None
     if isinstance(exc, errors.Unauthorized):
-        headers = auth.get_policy().challenge_headers(request)
+        headers = dict(auth.get_policy().challenge_headers(request) or {})
+        if exc.refusal:
+            headers[errors.REFUSAL_HEADER] = exc.refusal
     return error_response(status_of(exc), exc.error, exc.reason, headers)
 
 

@@ -58,10 +58,17 @@ class Forbidden(TongbanError):
     error = "forbidden"
 
 
+#: Header of a 401 saying which kind of refusal it is, for a node that must tell a clock
+#: off by more than the signature window from a key or an account the parent refuses.
+REFUSAL_HEADER = "X-Tongban-Refusal"
+
+
 class Unauthorized(TongbanError):
     """No valid credentials."""
 
     error = "unauthorized"
+    #: The value of :data:`REFUSAL_HEADER` in the answer, when it says more than 401.
+    refusal = None
 
 
 class DocumentTooLarge(TongbanError):
@@ -71,10 +78,16 @@ class DocumentTooLarge(TongbanError):
 
 
 class PeerError(TongbanError):
-    """A replication peer failed (unreachable, or answered with an error)."""
+    """A replication peer failed (unreachable, or answered with an error).
+
+    ``kind``, when the raiser knows it, is what the failure is for people (a key of
+    ``shared.syncstatus.ERROR_MESSAGES``: ``local``, ``clock_skew``, ``bad_answer``…);
+    otherwise the status and the original exception tell.
+    """
 
     error = "peer_error"
 
-    def __init__(self, reason="", *, status=None, original=None):
+    def __init__(self, reason="", *, status=None, original=None, kind=None):
         super().__init__(reason, original=original)
         self.status = status
+        self.kind = kind

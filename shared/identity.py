@@ -246,6 +246,8 @@ class NonceCache:
 class ClockSkew(errors.Unauthorized):
     """A signed request whose timestamp is outside the window; carries our time."""
 
+    refusal = "clock_skew"
+
     def __init__(self, message, server_time):
         super().__init__(message)
         self.server_time = server_time

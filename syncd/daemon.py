@@ -143,17 +143,17 @@ def classify(exc):
         else str(exc)
     if not isinstance(exc, errors.PeerError):
         return ("local" if isinstance(exc, errors.TongbanError) else "internal"), detail
-    if str(exc).startswith("local store"):
-        return "local", detail
+    if exc.kind:
+        return exc.kind, detail
     if exc.status in (401, 403):
-        return ("clock_skew" if "clock skew" in str(exc).lower() else "refused"), detail
+        return "refused", detail
     if exc.status is not None and exc.status >= 500:
         return "server_error", detail
     if exc.status is not None:
         return "bad_answer", detail
     if isinstance(exc.original, TimeoutError):
         return "timeout", detail
-    if isinstance(exc.original, ValueError) or "not a CouchDB" in str(exc):
+    if isinstance(exc.original, ValueError):
         return "bad_answer", detail
     return "unreachable", detail
 

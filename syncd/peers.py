@@ -221,11 +221,12 @@ class LocalPeer(Peer):
             return method(*args, **kwargs)
         except errors.BadRequest as exc:
             raise errors.PeerError(f"local store refused the request: {exc.reason}",
-                                   status=400, original=exc) from exc
+                                   status=400, original=exc, kind="local") from exc
         except errors.TongbanError:
             raise
         except Exception as exc:
-            raise errors.PeerError(f"local store failed: {exc}", original=exc) from exc
+            raise errors.PeerError(f"local store failed: {exc}", original=exc,
+                                   kind="local") from exc
 
 
 class _NoCache:
@@ -394,8 +395,10 @@ class HttpPeer(Peer):
                 error = _http_error(method, url, exc)
                 error.server_time = None
                 if error.status == 401:
-                    error.server_time = _float_or_none(
-                        self.session.connection_pool.last_header("X-Tongban-Time"))
+                    pool = self.session.connection_pool
+                    error.server_time = _float_or_none(pool.last_header("X-Tongban-Time"))
+                    if pool.last_header(errors.REFUSAL_HEADER) == "clock_skew":
+                        error.kind = "clock_skew"
                 raise error from exc
             except Exception as exc:
                 if not _connection_lost(exc):
@@ -419,7 +422,7 @@ class HttpPeer(Peer):
         """``GET /db``."""
         result = self._request("GET")
         if not isinstance(result, dict) or "update_seq" not in result:
-            raise errors.PeerError(f"{self.url} is not a CouchDB database")
+            raise errors.PeerError(f"{self.url} is not a CouchDB database", kind="bad_answer")
         return result
 
     def changes(self, since, *, limit=None, doc_ids=None):

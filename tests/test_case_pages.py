@@ -23,7 +23,7 @@ from shared.views import cases
 from tests import casekit
 from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
                            VILLAGE_B)
-from tests.conftest import add_account
+from tests.conftest import add_account, make_app, staff_login
 
 PASSWORD = "pages-pw-123"
 #: Township item decided at the township; materials 0 and 1 are brought, 2-5 are shared.
@@ -958,3 +958,17 @@ def test_a_clock_stop_through_the_page_pauses_and_resumes_the_due_date(fkit, fro
         "reason": "公示期7日", "csrf_token": csrf(approver)})
     assert listed.status_code == 302
     assert "计时已暂停（公示期7日，自 2026-10-12）" in text(approver.get(f"/cases/{number}"))
+
+
+def test_a_node_that_cannot_handle_cases_says_so_as_unavailable_not_as_a_refusal(tmp_path):
+    # Not enrolled: no node directory with the region key. The window answers 503 (the
+    # service is not there) with the reason, not 409 (as a refused action would).
+    app = make_app(tmp_path, TIER="village", NODE_CODE="441521101001")
+    add_account(app, "clerk-x", "pw-clerk-x1", roles=("clerk",))
+    try:
+        browser = staff_login(app, "clerk-x", "pw-clerk-x1")
+        response = browser.get("/cases/441521101001-20260615-0001")
+        assert response.status_code == 503
+        assert "不能" in response.get_data(as_text=True)
+    finally:
+        app.extensions["store"].close()

@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from shared import clock, errors
+from shared import clock, errors, identity
 from shared.app import create_app
 from shared.demo import TONGBAN
 from shared.syncstatus import LinkStatusTable
@@ -56,11 +56,15 @@ def test_backoff_jitter_stays_within_the_window():
     (errors.PeerError("HTTP 401 unauthorized: Name or password is incorrect.", status=401),
      "refused"),
     (errors.PeerError("HTTP 403 forbidden", status=403), "refused"),
+    # Told by the kind the peer found (the parent's X-Tongban-Refusal), never by wording:
     (errors.PeerError("HTTP 401 unauthorized: clock skew of 86400 s", status=401),
-     "clock_skew"),
+     "refused"),
+    (errors.PeerError("HTTP 401 unauthorized", status=401, kind="clock_skew"), "clock_skew"),
+    (errors.PeerError("HTTP 200 with an empty body (answer cut short)"), "unreachable"),
     (errors.PeerError("HTTP 500 unknown_error", status=500), "server_error"),
     (errors.PeerError("HTTP 404 not_found: missing", status=404), "bad_answer"),
-    (errors.PeerError("local store failed: disk I/O error"), "local"),
+    (errors.PeerError("local store failed: disk I/O error", kind="local"), "local"),
+    (errors.PeerError("local store failed: disk I/O error"), "unreachable"),
     (KeyError("bug"), "internal"),
 ])
 def test_failures_are_classified_for_people(exc, kind):
@@ -144,11 +148,13 @@ def recording_server():
             seen.append({"method": self.command, "path": self.path, "body": body,
                          "authorization": self.headers.get("Authorization"),
                          "body_sha256": self.headers.get("X-Body-Sha256")})
-            if behaviour["refuse"] or (behaviour["skew_first"] and len(seen) == 1):
+            skewed = behaviour.get("skew_always") or (behaviour["skew_first"] and len(seen) == 1)
+            if behaviour["refuse"] or skewed:
                 payload = {"error": "unauthorized", "reason": "clock skew of 86400 s"}
                 self.send_response(401)
-                if not behaviour["refuse"]:
+                if skewed:
                     self.send_header("X-Tongban-Time", "1800000000.25")
+                    self.send_header("X-Tongban-Refusal", "clock_skew")
             else:
                 payload = {"db_name": "db", "update_seq": 0} if self.command == "GET" \
                     and self.path == "/db" else {"results": [], "last_seq": 0, "pending": 0} \
@@ -199,6 +205,12 @@ def test_http_peer_signs_every_request_and_retries_once_with_the_servers_time(
         peer.info()
     assert raised.value.status == 401 and len(seen) == count + 1
     assert signer.observed == [1800000000.25]
+    # The wording of the reason does not make it a clock problem: the kind the peer says.
+    assert classify(raised.value)[0] == "refused"
+    behaviour.update(refuse=False, skew_always=True)
+    with pytest.raises(errors.PeerError) as raised:
+        peer.info()
+    assert classify(raised.value)[0] == "clock_skew"
     peer.close()
 
 
@@ -567,6 +579,19 @@ def test_an_enrolled_node_signs_its_requests_and_corrects_a_wrong_clock(tmp_path
             env={**__import__("os").environ, **skewed_env(86400)})
         assert result.returncode == 0, result.stderr
         assert "refused our timestamp" in result.stderr
+        # What the county says: a timestamp out of the window is a clock refusal, a key it
+        # does not know is not.
+        key = identity.load_private_key(town_dir)
+        late = identity.RequestSigner(TOWNSHIP, key, clock=lambda: clock.time() - 86400)
+        answer = requests.get(county.db_url, headers=late.headers("GET", "/db", b""),
+                              timeout=10)
+        assert answer.status_code == 401
+        assert answer.headers.get("X-Tongban-Refusal") == "clock_skew"
+        stranger = identity.RequestSigner(TOWNSHIP, identity.new_private_key(),
+                                          clock=clock.time)
+        answer = requests.get(county.db_url, headers=stranger.headers("GET", "/db", b""),
+                              timeout=10)
+        assert answer.status_code == 401 and "X-Tongban-Refusal" not in answer.headers
         # Its status document, written after the round, goes up with the next one.
         nodeproc.tongban("syncd", town_dir, "--once")
         status = county.session().get(f"{county.db_url}/status:{TOWNSHIP}").json()

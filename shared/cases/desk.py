@@ -40,9 +40,18 @@ DECISIONS = ("accept", "notice", "deficiency", "commitment")
 class CaseError(errors.TongbanError):
     """An action refused; ``message`` is the Chinese sentence to show."""
 
+    #: The HTTP status a page answers with when nothing handled the refusal itself.
+    status = 409
+
     def __init__(self, message):
         super().__init__(message)
         self.message = message
+
+
+class CasesUnavailable(CaseError):
+    """This node cannot handle cases at all (not enrolled, no node directory)."""
+
+    status = 503
 
 
 @dataclass

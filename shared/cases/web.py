@@ -13,7 +13,7 @@ from flask import current_app
 from shared import clock
 from shared import errors, registry
 from shared.cases.blobs import BlobStore
-from shared.cases.desk import Actor, CaseError, CaseDesk
+from shared.cases.desk import Actor, CaseDesk, CasesUnavailable
 from shared.cases.scans import scan_key
 
 logger = logging.getLogger(__name__)
@@ -41,19 +41,19 @@ def node_dir(app=None):
     app = app or current_app
     found = app.config.get("NODE_DIR")
     if not found:
-        raise CaseError("本站没有配置节点目录（NODE_DIR），不能保存扫描件。")
+        raise CasesUnavailable("本站没有配置节点目录（NODE_DIR），不能保存扫描件。")
     return Path(found)
 
 
 def region_key(app=None):
-    """The region key of this node, or CaseError when it has none."""
+    """The region key of this node, or CasesUnavailable when it has none."""
     from shared.cases import personal
 
     app = app or current_app
     try:
         return personal.region_key_of(node_dir(app))
     except errors.ConfigurationError as exc:
-        raise CaseError(NO_REGION_KEY) from exc
+        raise CasesUnavailable(NO_REGION_KEY) from exc
 
 
 def desk(app=None):

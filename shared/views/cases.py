@@ -172,8 +172,7 @@ def _helpers():
 @bp.errorhandler(CaseError)
 def _case_error(exc):
     """A refusal no page handled itself (e.g. the node has no region key)."""
-    status = 503 if exc.message == web.NO_REGION_KEY else 409
-    return message_page(status, "无法办理", exc.message)
+    return message_page(exc.status, "无法办理", exc.message)
 
 
 def _load(desk, number):
