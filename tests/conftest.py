@@ -10,6 +10,8 @@ the same time as the test itself. A test that wants the machine's real clock say
 
 import base64
 import os
+import re
+import shutil
 
 import pytest
 
@@ -84,15 +86,20 @@ def add_account(app, username, password, roles=("replicator",), **fields):
                               **fields)
 
 
+#: The CSRF token a page's forms carry.
+CSRF_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def form_token(client, path="/login"):
+    """The csrf_token of the first form on ``path`` (a Flask test client)."""
+    return CSRF_TOKEN.search(client.get(path).get_data(as_text=True)).group(1)
+
+
 def staff_login(app, username, password):
     """A test client logged in as staff ``username`` at ``app``'s node."""
-    import re
-
     browser = app.test_client()
-    page = browser.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     response = browser.post("/login", data={"username": username, "password": password,
-                                            "csrf_token": token})
+                                            "csrf_token": form_token(browser)})
     assert response.status_code == 302, response.get_data(as_text=True)
     return browser
 
@@ -155,3 +162,25 @@ def frozen(monkeypatch):
     from tests.casekit import FrozenClock
 
     return FrozenClock(date(2026, 2, 13), env=monkeypatch)
+
+
+# -- a real browser ----------------------------------------------------------------------------
+
+#: Debian's chromium (``.ci/run`` installs it); playwright never downloads its own.
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                              headless=True)
+        yield chromium
+        chromium.close()

@@ -14,7 +14,7 @@ from shared.catalog import calendar as cal
 from shared.catalog.sample import sample_catalog
 from shared.workdays import calendar_from_db, package_years
 from tests.casekit import TOWNSHIP, VILLAGE_A, Kit, applicant, clerk, full_materials
-from tests.conftest import add_account, make_app, make_county
+from tests.conftest import add_account, form_token, make_app, make_county, staff_login
 
 D = datetime.date
 PASSWORD = "correct-horse-42"
@@ -306,18 +306,11 @@ def test_coverage_warns_about_a_year_nothing_covers():
 # -- the page ------------------------------------------------------------------------------------
 
 def login(app, username):
-    browser = app.test_client()
-    page = browser.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    response = browser.post("/login", data={"username": username, "password": PASSWORD,
-                                            "csrf_token": csrf})
-    assert response.status_code == 302
-    return browser
+    return staff_login(app, username, PASSWORD)
 
 
 def token(browser):
-    page = browser.get("/admin/calendar/").get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return form_token(browser, "/admin/calendar/")
 
 
 def test_the_calendar_page_drafts_imports_and_reports_bad_lines(county):

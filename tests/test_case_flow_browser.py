@@ -18,12 +18,11 @@ The time from the accepting click until the case is in the township's store is l
 
 import logging
 import re
-import shutil
 import time
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from shared import config as cfg
 from shared import identity
@@ -33,15 +32,12 @@ from shared.catalog import publish
 from shared.catalog.sample import sample_catalog
 from shared.models import Account, hash_password
 from tests import nodeproc
+from tests.conftest import needs_chromium
 from tests.nodeproc import eventually, tongban
 
 logger = logging.getLogger(__name__)
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = needs_chromium
 TIMEOUT_MS = 15_000
 
 COUNTY, TOWNSHIP = "441521", "441521101"
@@ -122,15 +118,6 @@ def region(tmp_path_factory):
     region = Region(tmp_path_factory.mktemp("caseflow"))
     yield region
     region.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                              headless=True)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, url):

@@ -23,7 +23,7 @@ from shared.views import cases
 from tests import casekit
 from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
                            VILLAGE_B)
-from tests.conftest import add_account, make_app, staff_login
+from tests.conftest import add_account, form_token, make_app, staff_login
 
 PASSWORD = "pages-pw-123"
 #: Township item decided at the township; materials 0 and 1 are brought, 2-5 are shared.
@@ -61,19 +61,12 @@ def serve(kit):
 
 def login(kit, code, username):
     """A browser logged in as ``username`` at node ``code``."""
-    client = kit.apps[code].test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    response = client.post("/login", data={"username": username, "password": PASSWORD,
-                                           "csrf_token": token})
-    assert response.status_code == 302
-    return client
+    return staff_login(kit.apps[code], username, PASSWORD)
 
 
 def csrf(client):
     """The session's CSRF token, as a page's forms carry it."""
-    page = client.get("/cases/").get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return form_token(client, "/cases/")
 
 
 def text(response):

@@ -13,7 +13,7 @@ from shared.catalog.forms import display_value, form_values, parse_form
 from shared import staff
 from shared.catalog import active, publish, schema
 from shared.catalog.sample import sample_catalog
-from tests.conftest import add_account, make_county
+from tests.conftest import add_account, form_token, make_county, staff_login
 
 PASSWORD = "correct-horse-42"
 BASE = "/admin/catalog"
@@ -68,8 +68,7 @@ def read_form(html, form_id="record-form"):
 
 
 def token(browser):
-    page = browser.get(BASE + "/").get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return form_token(browser, BASE + "/")
 
 
 def field_block(html, key):
@@ -103,13 +102,7 @@ def db(app):
 
 
 def login(app, username):
-    browser = app.test_client()
-    page = browser.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    response = browser.post("/login", data={"username": username, "password": PASSWORD,
-                                            "csrf_token": csrf})
-    assert response.status_code == 302
-    return browser
+    return staff_login(app, username, PASSWORD)
 
 
 def propose(browser, note=""):

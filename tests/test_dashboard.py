@@ -11,7 +11,6 @@ import datetime
 import io
 import itertools
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from shared.views import dashboard
 from shared.workdays import WorkCalendar
 from tests import casekit
 from tests.casekit import CITIZEN, COUNTY, TOWNSHIP, VILLAGE_A, VILLAGE_B
-from tests.conftest import add_account
+from tests.conftest import add_account, staff_login
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import dashboard as bench  # noqa: E402
@@ -64,13 +63,7 @@ def kit(tmp_path, frozen):
 
 
 def login(kit, code, username):
-    client = kit.apps[code].test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    response = client.post("/login", data={"username": username, "password": PASSWORD,
-                                           "csrf_token": token})
-    assert response.status_code == 302
-    return client
+    return staff_login(kit.apps[code], username, PASSWORD)
 
 
 def text(response):

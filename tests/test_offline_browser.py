@@ -8,11 +8,10 @@ times out — and the banner goes once the township is back and the case is up.
 """
 
 import re
-import shutil
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from shared.app import create_app
 from shared.cases import idnumbers, web
@@ -20,13 +19,10 @@ from shared.cases.desk import Actor, ApplicantInput
 from shared.catalog import publish
 from shared.catalog.sample import sample_catalog
 from tests import nodeproc
+from tests.conftest import needs_chromium
 from tests.nodeproc import eventually, tongban
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = needs_chromium
 COUNTY, TOWNSHIP, VILLAGE = "441521", "441521101", "441521101001"
 PASSWORD = "pw-clerk-2026"
 CITIZEN = idnumbers.make_resident_id("441521", "19610305", 52)
@@ -85,96 +81,91 @@ def write_case(node_dir):
         app.extensions["store"].close()
 
 
-def test_the_home_page_is_the_stations_front_page(region):
+def test_the_home_page_is_the_stations_front_page(region, browser):
     # What a citizen sees first: what the station offers, its hours, where to go next —
     # never the store's internals (those are for staff, in Chinese).
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(base_url=region[VILLAGE].url, locale="zh-CN").new_page()
-        page.goto("/")
-        expect(page.locator("header h1")).to_contain_text("· 通办服务站")
-        expect(page.locator("#intro")).to_contain_text("个民生事项")
-        expect(page.locator("#hours")).to_contain_text("周一至周五")
-        for name in ("办事指南", "办理进度查询", "网上预申请", "预约办理"):
-            expect(page.locator("#citizen-links")).to_contain_text(name)
-        body = page.locator("body").inner_text()
-        assert "更新序号" not in body and "built-in method" not in body
-        page.locator("#citizen-links").get_by_text("办事指南").click()
-        expect(page).to_have_url(re.compile(r"/catalog$"))
-        page.goto("/login?next=/")
-        page.get_by_label("用户名").fill("clerk")
-        page.get_by_label("密码").fill(PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page.locator("#staff-figures")).to_contain_text("现行目录")
-        browser.close()
+    page = browser.new_context(base_url=region[VILLAGE].url, locale="zh-CN").new_page()
+    page.goto("/")
+    expect(page.locator("header h1")).to_contain_text("· 通办服务站")
+    expect(page.locator("#intro")).to_contain_text("个民生事项")
+    expect(page.locator("#hours")).to_contain_text("周一至周五")
+    for name in ("办事指南", "办理进度查询", "网上预申请", "预约办理"):
+        expect(page.locator("#citizen-links")).to_contain_text(name)
+    body = page.locator("body").inner_text()
+    assert "更新序号" not in body and "built-in method" not in body
+    page.locator("#citizen-links").get_by_text("办事指南").click()
+    expect(page).to_have_url(re.compile(r"/catalog$"))
+    page.goto("/login?next=/")
+    page.get_by_label("用户名").fill("clerk")
+    page.get_by_label("密码").fill(PASSWORD)
+    page.get_by_role("button", name="登录").click()
+    expect(page.locator("#staff-figures")).to_contain_text("现行目录")
 
 
-def test_every_staff_page_says_the_station_is_offline_and_what_waits(region, tmp_path):
+def test_every_staff_page_says_the_station_is_offline_and_what_waits(region, tmp_path,
+                                                                    browser):
     village, township = region[VILLAGE], region[TOWNSHIP]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(base_url=village.url, locale="zh-CN").new_page()
-        page.set_default_timeout(15_000)
+    page = browser.new_context(base_url=village.url, locale="zh-CN").new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/cases/")
+    page.get_by_label("用户名").fill("clerk")
+    page.get_by_label("密码").fill(PASSWORD)
+    page.get_by_role("button", name="登录").click()
+    expect(page.locator("#staff-user")).to_have_text("clerk")
+    assert page.locator("#offline-banner").count() == 0  # online: nothing to say
+
+    port = int(township.url.rsplit(":", 1)[1])
+    township.stop()
+    number = write_case(village.node_dir)
+
+    def banner_names_the_case():
         page.goto("/cases/")
-        page.get_by_label("用户名").fill("clerk")
-        page.get_by_label("密码").fill(PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page.locator("#staff-user")).to_have_text("clerk")
-        assert page.locator("#offline-banner").count() == 0  # online: nothing to say
+        banner = page.locator("#offline-banner")
+        return banner.count() == 1 and number in banner.inner_text()
 
-        port = int(township.url.rsplit(":", 1)[1])
-        township.stop()
-        number = write_case(village.node_dir)
+    eventually(banner_names_the_case, "the offline banner on the workbench", timeout=20)
+    text = page.locator("#offline-banner").inner_text()
+    assert "本站离线" in text and "本站受理的 1 件办件尚未上传" in text
+    for path in ("/cases/window", f"/cases/{number}"):
+        page.goto(path)
+        expect(page.locator("#offline-banner")).to_contain_text(number)
+    # Citizens' pages carry no staff banner.
+    citizen = browser.new_context(base_url=village.url).new_page()
+    citizen.goto("/progress")
+    assert citizen.locator("#offline-banner").count() == 0
 
-        def banner_names_the_case():
-            page.goto("/cases/")
-            banner = page.locator("#offline-banner")
-            return banner.count() == 1 and number in banner.inner_text()
+    # The county's supervisor sees at a glance that the township is offline, and
+    # that nothing can be known of the village below it.
+    supervisor = browser.new_context(base_url=region[COUNTY].url, locale="zh-CN").new_page()
+    supervisor.goto("/sync/status")
+    supervisor.goto("/login?next=/sync/status")
+    supervisor.get_by_label("用户名").fill("du")
+    supervisor.get_by_label("密码").fill("pw-super-2026")
+    supervisor.get_by_role("button", name="登录").click()
 
-        eventually(banner_names_the_case, "the offline banner on the workbench", timeout=20)
-        text = page.locator("#offline-banner").inner_text()
-        assert "本站离线" in text and "本站受理的 1 件办件尚未上传" in text
-        for path in ("/cases/window", f"/cases/{number}"):
-            page.goto(path)
-            expect(page.locator("#offline-banner")).to_contain_text(number)
-        # Citizens' pages carry no staff banner.
-        citizen = browser.new_context(base_url=village.url).new_page()
-        citizen.goto("/progress")
-        assert citizen.locator("#offline-banner").count() == 0
-
-        # The county's supervisor sees at a glance that the township is offline, and
-        # that nothing can be known of the village below it.
-        supervisor = browser.new_context(base_url=region[COUNTY].url, locale="zh-CN").new_page()
+    def township_offline():
         supervisor.goto("/sync/status")
-        supervisor.goto("/login?next=/sync/status")
-        supervisor.get_by_label("用户名").fill("du")
-        supervisor.get_by_label("密码").fill("pw-super-2026")
-        supervisor.get_by_role("button", name="登录").click()
+        row = supervisor.locator(f"#node-{TOWNSHIP}")
+        return row.count() == 1 and row.get_attribute("data-online") == "0"
 
-        def township_offline():
-            supervisor.goto("/sync/status")
-            row = supervisor.locator(f"#node-{TOWNSHIP}")
-            return row.count() == 1 and row.get_attribute("data-online") == "0"
+    eventually(township_offline, "the township listed offline at the county", timeout=30)
+    expect(supervisor.locator(f"#node-{TOWNSHIP} td.state")).to_contain_text("离线")
+    expect(supervisor.locator(f"#node-{VILLAGE} td.state")).to_contain_text("状态不明")
+    expect(supervisor.locator("#nodes-summary")).to_contain_text("2 个站点离线")
 
-        eventually(township_offline, "the township listed offline at the county", timeout=30)
-        expect(supervisor.locator(f"#node-{TOWNSHIP} td.state")).to_contain_text("离线")
-        expect(supervisor.locator(f"#node-{VILLAGE} td.state")).to_contain_text("状态不明")
-        expect(supervisor.locator("#nodes-summary")).to_contain_text("2 个站点离线")
+    # The township comes back on its port: the case goes up and the banner goes.
+    region[TOWNSHIP] = nodeproc.start_serve(township.node_dir, port=port)
 
-        # The township comes back on its port: the case goes up and the banner goes.
-        region[TOWNSHIP] = nodeproc.start_serve(township.node_dir, port=port)
+    def banner_gone():
+        page.goto("/cases/")
+        return page.locator("#offline-banner").count() == 0
 
-        def banner_gone():
-            page.goto("/cases/")
-            return page.locator("#offline-banner").count() == 0
+    eventually(banner_gone, "the banner gone once the case is uploaded", timeout=60)
 
-        eventually(banner_gone, "the banner gone once the case is uploaded", timeout=60)
+    def township_online():
+        supervisor.goto("/sync/status")
+        return supervisor.locator(f"#node-{TOWNSHIP}").get_attribute("data-online") == "1"
 
-        def township_online():
-            supervisor.goto("/sync/status")
-            return supervisor.locator(f"#node-{TOWNSHIP}").get_attribute("data-online") == "1"
-
-        eventually(township_online, "the township online again at the county", timeout=90)
-        town = region[TOWNSHIP]
-        assert town.session().get(f"{town.db_url}/case:{number}", timeout=5).status_code == 200
-        browser.close()
+    eventually(township_online, "the township online again at the county", timeout=90)
+    town = region[TOWNSHIP]
+    assert town.session().get(f"{town.db_url}/case:{number}", timeout=5).status_code == 200

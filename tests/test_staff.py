@@ -1,7 +1,6 @@
 """Staff login for the web pages: sessions, expiry, throttling, roles and CSRF."""
 
 import hashlib
-import re
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,7 +11,7 @@ from shared import staff
 from shared.errors import ConfigurationError
 from shared.models import Account
 from shared.staff import StaffSession, require_staff, staff_required
-from tests.conftest import add_account, make_app
+from tests.conftest import add_account, form_token, make_app
 
 PASSWORD = "correct-horse-42"
 PAGE = '{% extends "base.html" %}{% block content %}<p id="page">{{ text }}</p>{% endblock %}'
@@ -96,12 +95,6 @@ def web(tmp_path, clock):
 def client(web):
     """A browser on the node."""
     return web[0].test_client()
-
-
-def form_token(client, path="/login"):
-    """The csrf_token of the first form on ``path``."""
-    page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
 def login(client, username, password=PASSWORD, next=None, addr="127.0.0.1"):

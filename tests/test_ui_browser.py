@@ -13,29 +13,24 @@ from 127.0.0.1: the throttling test locks that address for 15 minutes, so it run
 import datetime
 import logging
 import re
-import shutil
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from shared import config as cfg
 from shared import identity
 from shared.app import open_store
-from shared.catalog import publish
 from shared.cases import idnumbers
 from shared.cases.blobs import MAX_BLOB_BYTES
+from shared.catalog import publish
 from shared.catalog.sample import sample_catalog
 from shared.models import Account, hash_password
 from tests import nodeproc
+from tests.conftest import needs_chromium
 
 logger = logging.getLogger(__name__)
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = needs_chromium
 CJK_FONT = "WenQuanYi Micro Hei"
 PASSWORDS = {"editor": "pw-editor-2026", "boss": "pw-boss-2026"}
 PENSION = "城乡居民基本养老保险参保登记"
@@ -62,16 +57,6 @@ def county(tmp_path_factory):
         yield node
     finally:
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                              headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
