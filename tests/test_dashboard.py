@@ -18,6 +18,7 @@ import pytest
 from openpyxl import load_workbook
 
 from shared.cases import fold as F
+from shared.catalog import publish
 from shared.cases import idnumbers, stats
 from shared.cases.index import COLUMNS
 from shared.views import dashboard
@@ -523,6 +524,43 @@ def test_proactive_rules_list_people_at_the_station_that_last_served_them(kit, f
     assert ("super-t", "proactive_list", VILLAGE_B) in audit_rows(kit, TOWNSHIP)
     other = supervisor.get("/dashboard/proactive?station=441521102001")
     assert other.status_code == 403 and dashboard.BAD_STATION in text(other)
+
+
+def republish(kit, change):
+    """Publish the county's catalog again with ``change(items)`` applied; synced."""
+    county = kit.apps[COUNTY]
+    items, agencies = publish.working_copy(kit.store(COUNTY).db)
+    change(items)
+    with county.app_context():
+        publish.publish(kit.store(COUNTY), items, agencies, proposer="editor",
+                        approver="boss", private_key=county.key)
+    kit.sync()
+
+
+def test_proactive_rules_come_from_the_catalog_in_force_not_from_item_ids(kit, frozen):
+    def own_ids(items):
+        # This county numbers its old-age allowance HF-GL-80 and lists it a year ahead.
+        aged = next(i for i in items if i["id"] == "GD-LS-11")
+        aged.update(id="HF-GL-80", proactive=dict(aged["proactive"], code="hf_aged",
+                                                  label="八十周岁高龄津贴", ahead_days=365))
+    republish(kit, own_ids)
+    accept(kit, frozen, D(2026, 2, 3), number=AGED_80, code=VILLAGE_B)
+    db = kit.store(TOWNSHIP).db
+    today = D(2026, 2, 13)
+    assert stats.rules(db)["hf_aged"]["items"] == ("HF-GL-80",)
+    assert {p["rule"] for p in stats.proactive(db, today=today)} == {"hf_aged"}
+    # Applying for the county's own item is what takes the person off the list.
+    accept(kit, frozen, D(2026, 2, 13), item="HF-GL-80", number=AGED_80, code=VILLAGE_B)
+    assert stats.proactive(db, today=today) == []
+
+    def no_rules(items):
+        for item in items:
+            item.pop("proactive", None)
+    republish(kit, no_rules)
+    assert stats.rules(db) == {} and stats.proactive_summary(db, today=today) == []
+    frozen.at(today)
+    page = text(login(kit, TOWNSHIP, "super-t").get("/dashboard/proactive"))
+    assert "没有设置主动服务条件" in block(page, "no-rules")
 
 
 # -- pages ---------------------------------------------------------------------------------

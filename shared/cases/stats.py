@@ -873,39 +873,39 @@ def masked_key(applicant_key):
 
 # -- proactive service (item 6) ----------------------------------------------------------------
 
-#: Items the rules offer (ids of the provincial catalog).
-PENSION_ITEM = "GD-LS-02"      # 城乡居民基本养老保险待遇领取
-OLD_AGE_ITEM = "GD-LS-11"      # 高龄老人津贴申领（80周岁以上）
-DISABILITY_ITEMS = ("GD-LS-07", "GD-LS-08")  # 困难残疾人生活补贴、重度残疾人护理补贴
-#: 城乡居民基本养老保险: paid from 60 for men and women alike (国发〔2014〕8号).
-PENSION_AGE = 60
-#: Who turned 60 up to this many days ago, or will within PENSION_AHEAD_DAYS, is listed.
-PENSION_BACK_DAYS = 365
-PENSION_AHEAD_DAYS = 90
-OLD_AGE = 80
-OLD_AGE_AHEAD_DAYS = 30
-DISABILITY_LICENCE = "残疾人证"
+def rules(db):
+    """``{code: rule}``: the proactive-service rules of the catalog in force.
 
-RULES = {
-    "pension": {
-        "label": "达到城乡居民养老保险待遇领取年龄",
-        "items": (PENSION_ITEM,),
-        "basis": (f"年满 {PENSION_AGE} 周岁（过去一年内已满或 {PENSION_AHEAD_DAYS} 天内将满，男女相同），"
-                  "本地没有“城乡居民基本养老保险待遇领取”办件。出生日期和性别取自其受理时登记的身份信息。"),
-    },
-    "old_age": {
-        "label": "高龄老人津贴",
-        "items": (OLD_AGE_ITEM,),
-        "basis": (f"已满 {OLD_AGE} 周岁（或 {OLD_AGE_AHEAD_DAYS} 天内将满），"
-                  "本地没有“高龄老人津贴申领”办件。"),
-    },
-    "disability": {
-        "label": "持残疾人证未申领残疾人两项补贴",
-        "items": DISABILITY_ITEMS,
-        "basis": ("持有本地签发且在有效期内的残疾人证电子证照，没有“困难残疾人生活补贴”或"
-                  "“重度残疾人护理补贴”办件。是否符合困难或重度条件须由服务站核实。"),
-    },
-}
+    Each item may carry a ``proactive`` record (shared/catalog/schema.py); items with the
+    same code share one rule, whose conditions are its first item's. A rule is ``{"label",
+    "kind", "items", "basis", "age", "back_days", "ahead_days", "licence"}``.
+    """
+    from shared.catalog import active, schema
+
+    found = {}
+    for item in active.items_with(db, "proactive"):
+        record = item["proactive"]
+        rule = found.get(record["code"])
+        if rule is None:
+            rule = found[record["code"]] = {
+                "label": record["label"], "kind": record["kind"], "items": [],
+                "age": record.get("age"), "back_days": record.get("back_days"),
+                "ahead_days": record.get("ahead_days") or 0,
+                "licence": record.get("licence"), "basis": record.get("basis")}
+        rule["items"].append(item["id"])
+    for rule in found.values():
+        rule["items"] = tuple(rule["items"])
+        if not rule["basis"]:
+            rule["basis"] = _default_basis(rule, schema)
+    return found
+
+
+def _default_basis(rule, schema):
+    if rule["kind"] == schema.PROACTIVE_LICENCE:
+        return f"持有本地签发且在有效期内的{rule['licence']}电子证照，尚无所列事项的办件。"
+    since = f"过去 {rule['back_days']} 天内已满" if rule["back_days"] else "已满"
+    ahead = f"或 {rule['ahead_days']} 天内将满" if rule["ahead_days"] else ""
+    return f"{since} {rule['age']} 周岁{ahead}，尚无所列事项的办件。"
 
 
 def _years_before(day, years):
@@ -922,31 +922,37 @@ def _without_item(alias, items):
             list(items))
 
 
-def _rule_queries(today):
-    """``{rule: (SQL giving applicant_key, birth_date, sex, station; parameters)}``."""
+def _rule_queries(today, found):
+    """``{code: (SQL giving applicant_key, birth_date, sex, station; parameters)}``."""
+    from shared.catalog import schema
+
     day = datetime.timedelta(days=1)
-    pension_low = _years_before(today - PENSION_BACK_DAYS * day, PENSION_AGE)
-    pension_high = _years_before(today + PENSION_AHEAD_DAYS * day, PENSION_AGE)
-    old_high = _years_before(today + OLD_AGE_AHEAD_DAYS * day, OLD_AGE)
     person = "SELECT p.applicant_key, p.birth_date, p.sex, p.station FROM person_facts p "
     queries = {}
-    missing, params = _without_item("p", RULES["pension"]["items"])
-    queries["pension"] = (f"{person} WHERE p.birth_date >= ? AND p.birth_date <= ? AND {missing}",
-                          [pension_low.isoformat(), pension_high.isoformat(), *params])
-    missing, params = _without_item("p", RULES["old_age"]["items"])
-    queries["old_age"] = (f"{person} WHERE p.birth_date <= ? AND {missing}",
-                          [old_high.isoformat(), *params])
-    # Without known facts the station is the one that accepted the licence's case: the
-    # node code a case number starts with (<origin>-<day>-<seq>).
-    missing, params = _without_item("l", RULES["disability"]["items"])
-    queries["disability"] = (
-        "SELECT l.applicant_key, p.birth_date, p.sex, COALESCE(p.station, "
-        "substr(MAX(l.\"case\"), 1, instr(MAX(l.\"case\"), '-') - 1), '') AS station "
-        "FROM case_licence l "
-        "LEFT JOIN person_facts p ON p.applicant_key = l.applicant_key "
-        "WHERE l.name LIKE ? AND (l.valid_until IS NULL OR l.valid_until >= ?) "
-        f"AND {missing} GROUP BY l.applicant_key",
-        [f"%{DISABILITY_LICENCE}%", today.isoformat(), *params])
+    for code, rule in found.items():
+        if rule["kind"] == schema.PROACTIVE_LICENCE:
+            missing, params = _without_item("l", rule["items"])
+            # Without known facts the station is the one that accepted the licence's
+            # case: the node code a case number starts with (<origin>-<day>-<seq>).
+            queries[code] = (
+                "SELECT l.applicant_key, p.birth_date, p.sex, COALESCE(p.station, "
+                "substr(MAX(l.\"case\"), 1, instr(MAX(l.\"case\"), '-') - 1), '') AS station "
+                "FROM case_licence l "
+                "LEFT JOIN person_facts p ON p.applicant_key = l.applicant_key "
+                "WHERE l.name LIKE ? AND (l.valid_until IS NULL OR l.valid_until >= ?) "
+                f"AND {missing} GROUP BY l.applicant_key",
+                [f"%{rule['licence']}%", today.isoformat(), *params])
+            continue
+        missing, params = _without_item("p", rule["items"])
+        # Born on or before this day: of age within ahead_days (or already).
+        latest_birth = _years_before(today + rule["ahead_days"] * day, rule["age"])
+        where, bounds = ["p.birth_date <= ?"], [latest_birth.isoformat()]
+        if rule["back_days"]:  # and of age for no longer than back_days
+            earliest = _years_before(today - rule["back_days"] * day, rule["age"])
+            where.insert(0, "p.birth_date >= ?")
+            bounds.insert(0, earliest.isoformat())
+        queries[code] = (f"{person} WHERE {' AND '.join(where)} AND {missing}",
+                         [*bounds, *params])
     return queries
 
 
@@ -959,7 +965,7 @@ def _station_filter(area, station):
 
 
 def proactive(db, area=None, station=None, today=None):
-    """People likely eligible for an item they have not applied for (see :data:`RULES`).
+    """People likely eligible for an item they have not applied for (see :func:`rules`).
 
     :param area: a township code (its stations only) or None.
     :param station: only the people this station last served.
@@ -970,7 +976,7 @@ def proactive(db, area=None, station=None, today=None):
     today = as_date(today) if today else china_today()
     where, extra = _station_filter(area, station)
     found = []
-    for rule, (sql, params) in _rule_queries(today).items():
+    for rule, (sql, params) in _rule_queries(today, rules(db)).items():
         for key, birth, sex, where_served in db.execute_sql(
                 f"SELECT * FROM ({sql}) WHERE {where}", [*params, *extra]).fetchall():
             found.append({"rule": rule, "applicant_key": key, "birth_date": birth, "sex": sex,
@@ -993,11 +999,12 @@ def proactive_summary(db, area=None, today=None):
     today = as_date(today) if today else china_today()
     where, extra = _station_filter(area, None)
     by_station = {}
-    for rule, (sql, params) in _rule_queries(today).items():
+    in_force = rules(db)
+    for rule, (sql, params) in _rule_queries(today, in_force).items():
         for code, count in db.execute_sql(
                 f"SELECT station, COUNT(*) FROM ({sql}) WHERE {where} GROUP BY station",
                 [*params, *extra]).fetchall():
-            by_station.setdefault(code, dict.fromkeys(RULES, 0))[rule] = count
+            by_station.setdefault(code, dict.fromkeys(in_force, 0))[rule] = count
     return [{"station": code, "counts": counts, "total": sum(counts.values())}
             for code, counts in sorted(by_station.items())]
 

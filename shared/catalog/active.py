@@ -612,6 +612,12 @@ def active_items(db, facet=None, value=None):
         "WHERE f.facet = ? AND f.value = ? ORDER BY i.item_id", (facet, value)))
 
 
+def items_with(db, key):
+    """The full items in force that carry ``key`` (a field such as ``proactive``), by id."""
+    rows = db.execute_sql("SELECT body FROM catalog_item ORDER BY item_id").fetchall()
+    return [item for item in (json.loads(body) for body, in rows) if item.get(key)]
+
+
 def active_item(db, item_id):
     """The full item in force (with ``doc_id``, ``version`` and ``hash``), or None."""
     row = db.execute_sql("SELECT doc_id, version, hash, body FROM catalog_item WHERE item_id = ?",

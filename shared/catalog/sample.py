@@ -211,6 +211,8 @@ def normalise(entry):
         item["aliases"] = list(entry["aliases"])
     if entry.get("eligibility"):
         item["eligibility"] = dict(entry["eligibility"])
+    if entry.get("proactive"):
+        item["proactive"] = dict(entry["proactive"])
     for record, fields in [(item, schema.ITEM_FIELDS),
                            *((m, schema.MATERIAL_FIELDS) for m in item["materials"])]:
         optional = {f.key for f in fields if not f.required}

@@ -97,6 +97,28 @@ MATERIAL_FIELDS = (
     Field("note", "备注", "longtext", required=False, max_length=500),
 )
 
+#: What a proactive-service rule looks for in the data a county holds.
+PROACTIVE_AGE, PROACTIVE_LICENCE = "达到年龄", "持有证照"
+PROACTIVE_KINDS = (PROACTIVE_AGE, PROACTIVE_LICENCE)
+PROACTIVE_CODE = re.compile(r"[a-z][a-z0-9_]{1,29}")
+
+PROACTIVE_FIELDS = (
+    Field("code", "规则代码", pattern=PROACTIVE_CODE, max_length=30,
+          hint="小写字母、数字和下划线，如 pension；几个事项同一规则时填同一代码"),
+    Field("label", "名单名称", max_length=40, hint="如：达到城乡居民养老保险待遇领取年龄"),
+    Field("kind", "条件", "choice", choices=PROACTIVE_KINDS),
+    Field("age", "年龄（周岁）", "int", required=False, minimum=1, maximum=150,
+          hint="条件为达到年龄时必填"),
+    Field("back_days", "已满多少天内", "int", required=False, maximum=3650,
+          hint="只列出这些天内才满该年龄的人；不填则不限"),
+    Field("ahead_days", "提前天数", "int", required=False, maximum=365,
+          hint="将在这些天内满该年龄的人也列出"),
+    Field("licence", "证照名称", required=False, max_length=60,
+          hint="条件为持有证照时必填，如：残疾人证（有效期内的本地电子证照）"),
+    Field("basis", "说明", "longtext", required=False, max_length=500,
+          hint="列入名单的依据，显示在主动服务页面"),
+)
+
 ELIGIBILITY_FIELDS = (
     Field("min_age", "最低年龄（周岁）", "int", required=False, maximum=150),
     Field("max_age", "最高年龄（周岁）", "int", required=False, maximum=150),
@@ -160,6 +182,8 @@ ITEM_FIELDS = (
           hint="群众常说的简称或别名，每行一个，如：社保卡、低保；搜索时按事项名称对待"),
     Field("eligibility", "年龄条件", "record", required=False, columns=ELIGIBILITY_FIELDS,
           hint="按身份证号码计算的周岁；网上预申请时先核对，不符合的不能提交"),
+    Field("proactive", "主动服务", "record", required=False, columns=PROACTIVE_FIELDS,
+          hint="按已掌握的数据找出可能符合条件但尚未申请的群众，由服务站联系告知"),
     Field("proxy_allowed", "可代办", "bool"),
     Field("appointment_allowed", "可预约", "bool"),
     Field("commitment_allowed", "可告知承诺", "bool"),
@@ -283,7 +307,11 @@ def _check_record(fields, record, prefix, label_prefix, errors):
 
 
 def _label(path):
-    return FIELD_BY_KEY[path].label
+    key, _, sub = path.partition(".")
+    field = FIELD_BY_KEY[key]
+    if sub:  # a member of a record field: "主动服务·年龄（周岁）"
+        return f"{field.label}·" + next(c.label for c in field.columns if c.key == sub)
+    return field.label
 
 
 def validate_item(item):
@@ -358,6 +386,11 @@ def validate_item(item):
     step_names = [s["name"] for s in item["process_steps"]]
     if len(set(step_names)) != len(step_names):
         fail("process_steps", "环节名称重复")
+    rule = item.get("proactive") or {}
+    if rule.get("kind") == PROACTIVE_AGE and rule.get("age") is None:
+        fail("proactive.age", "条件为达到年龄时须填写年龄")
+    if rule.get("kind") == PROACTIVE_LICENCE and not rule.get("licence"):
+        fail("proactive.licence", "条件为持有证照时须填写证照名称")
     return errors
 
 

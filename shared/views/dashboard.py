@@ -371,11 +371,11 @@ def repeats():
 
 # -- proactive service ----------------------------------------------------------------------
 
-def _offers(db):
+def _offers(db, rules):
     """``{rule: the names of the items it offers}``."""
     names = stats.item_names(db)
     return {key: "、".join(names.get(i, i) for i in rule["items"])
-            for key, rule in stats.RULES.items()}
+            for key, rule in rules.items()}
 
 
 @bp.route("/proactive")
@@ -384,14 +384,15 @@ def proactive():
     area = _area()
     today = _today()
     db = _db()
+    rules = stats.rules(db)
     station = (request.args.get("station") or "").strip()
     if not station:
         summary = stats.proactive_summary(db, area=area, today=today)
         return render_template("dashboard/proactive.html", area=area, station=None,
-                               summary=summary, rules=stats.RULES, today=today, people=[],
-                               offers=_offers(db),
+                               summary=summary, rules=rules, today=today, people=[],
+                               offers=_offers(db, rules),
                                totals={rule: sum(s["counts"][rule] for s in summary)
-                                       for rule in stats.RULES})
+                                       for rule in rules})
     scope = area or _node()
     if not station.isdigit() or not station.startswith(scope):
         _refuse(403, "主动服务", BAD_STATION)
@@ -402,8 +403,8 @@ def proactive():
     web.audit_view(current_staff(), "proactive_list", station,
                    {"count": len(people), "rules": sorted({p["rule"] for p in people})})
     return render_template("dashboard/proactive.html", area=area, station=station,
-                           summary=[], rules=stats.RULES, today=today, people=people, totals={},
-                           offers=_offers(db))
+                           summary=[], rules=rules, today=today, people=people, totals={},
+                           offers=_offers(db, rules))
 
 
 def init_app(app):
