@@ -9,7 +9,8 @@ import pytest
 from shared import clock
 from shared.cases import fold as F
 from shared.cases.desk import CaseError
-from shared.cases.index import licences_of, queue
+from shared.cases.index import licences_of
+from shared.cases.worklist import queue
 from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
                            VILLAGE_B, Kit,
                            applicant, approver, clerk, full_materials, upload)

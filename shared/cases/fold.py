@@ -398,11 +398,8 @@ def _decided(state, event):
     _require(state["route_index"] == len(state["route"]) - 1, "本节点负责初审，决定须由上级作出")
     _require_decider(state, event)
     if kind == "approved":
-        _require(not state["outstanding"], "仍有容缺材料未补齐，不能审批通过")
-        pending = [d for d, o in state["parallel"].items() if o is None]
-        _require(not pending, "并联部门意见未齐：" + "、".join(pending))
-        against = [d for d, o in state["parallel"].items() if o["opinion"] != "agree"]
-        _require(not against, "并联部门不同意：" + "、".join(against) + "，不能审批通过")
+        refusal = approval_refusal(state)
+        _require(refusal is None, refusal)
     state["decision"] = {"kind": kind, "hlc": event.get("hlc"), "node": event.get("node"),
                          "by": _by(event), "reason": event.get("reason", ""),
                          "result": event.get("result", "")}
@@ -418,6 +415,21 @@ def _decided(state, event):
 def _require_decider(state, event):
     refusal = decision_refusal(state, event.get("node"), event.get("by"))
     _require(refusal is None, refusal)
+
+
+def approval_refusal(state):
+    """Why the case cannot be approved yet, whoever decides (None when it can): deferred
+    materials not yet supplied, or parallel departments' opinions missing or against."""
+    if state["outstanding"]:
+        names = "、".join(state["materials"][k]["name"] for k in state["outstanding"])
+        return f"仍有容缺材料未补齐（{names}），不能审批通过。"
+    pending = [d for d, o in state["parallel"].items() if o is None]
+    if pending:
+        return "并联部门意见未齐：" + "、".join(pending) + "。"
+    against = [d for d, o in state["parallel"].items() if o.get("opinion") != "agree"]
+    if against:
+        return "并联部门不同意：" + "、".join(against) + "，不能审批通过。"
+    return None
 
 
 def _transferred(state, event):

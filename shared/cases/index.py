@@ -141,22 +141,6 @@ def state_of(db, number):
     return json.loads(row[0]) if row else None
 
 
-def queue(db, stage, statuses=(F.HANDLING,), department=None, limit=200):
-    """Rows of the cases waiting at node ``stage`` in ``statuses``, the earliest due first."""
-    marks = ",".join("?" * len(statuses))
-    params = [stage, *statuses]
-    where = f"stage = ? AND status IN ({marks})"
-    if department:
-        # Its own department's cases, and parallel cases it leads or still owes an opinion.
-        where += (" AND (department = ? OR json_extract(state, '$.lead_department') = ? "
-                  "OR json_type(state, '$.parallel.\"' || ? || '\"') = 'null')")
-        params += [department, department, department]
-    cursor = db.execute_sql(
-        f"SELECT {','.join(COLUMNS[:-1])} FROM case_state WHERE {where} "
-        "ORDER BY due IS NULL, due, accepted_day, number LIMIT ?", [*params, limit])
-    return [dict(zip(COLUMNS[:-1], row)) for row in cursor.fetchall()]
-
-
 def cases_of_applicant(db, applicant_key):
     """Rows of every case of ``applicant_key`` held here, newest first."""
     cursor = db.execute_sql(

@@ -21,7 +21,8 @@ from shared.casedocs import events_in_order
 from shared.cases import appointments as ap
 from shared.cases import blobs as blobmod
 from shared.cases import fold as F
-from shared.cases import index, personal, supervision, web
+from shared.cases import index, personal, web
+from shared.cases import worklist as lists
 from shared.cases.desk import TIER_OF_LENGTH, ApplicantInput, CaseError
 from shared.catalog import active, schema
 from shared.catalog.qr import qr_svg
@@ -67,8 +68,6 @@ DECISION_NAMES = {"accept": "受理", "notice": "出具一次性告知书", "def
                   "commitment": "告知承诺受理"}
 NOT_NOW = "该办件当前的状态或您的角色不允许此操作，请刷新页面后查看可办理的操作。"
 MAX_QUERY = 100
-#: Rows a work-list section shows (the page says when there are more).
-LIST_LIMIT = 200
 #: The clock-stop choice that takes a typed reason instead of one of the item's.
 OTHER_STOP = "其他"
 #: Statuses a clerk can choose for a material at the window.
@@ -247,56 +246,6 @@ def _int_or_none(text):
 
 # -- the work list ---------------------------------------------------------------------------
 
-_ROW_COLUMNS = index.COLUMNS[:-1]
-#: The card a row carries now, in SQL (see :func:`_carried_card`): red or yellow issued for
-#: the row's current due day, else NULL. Read from ``case_state`` on every load, so a card
-#: a sweep (or replication) just wrote shows at once.
-CARD_SQL = ("(SELECT CASE WHEN SUM(json_extract(c.value, '$.color') = 'red') THEN 'red' "
-            "WHEN SUM(json_extract(c.value, '$.color') = 'yellow') THEN 'yellow' END "
-            "FROM json_each(case_state.state, '$.cards') AS c "
-            "WHERE json_extract(c.value, '$.due') = case_state.due)")
-#: The approver's queue: red cards first, then yellow, then the earliest due.
-CARD_FIRST = ("CASE card WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, "
-              "due IS NULL, due, accepted_day, number")
-
-
-def _select(where, params, order="number DESC", extra=()):
-    """Rows of ``case_state`` (without the folded state) matching ``where``, with the
-    ``card`` each carries and why its clock is ``paused``; one more than
-    :data:`LIST_LIMIT` so the page can tell the list was cut."""
-    extra = (("card", CARD_SQL), ("paused", "json_extract(state, '$.paused.reason')"), *extra)
-    columns = [*_ROW_COLUMNS, *(f"{sql} AS {name}" for name, sql in extra)]
-    cursor = _db().execute_sql(
-        f"SELECT {','.join(columns)} FROM case_state WHERE {where} ORDER BY {order} LIMIT ?",
-        [*params, LIST_LIMIT + 1])
-    names = [*_ROW_COLUMNS, *(name for name, _ in extra)]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
-def _queue(node, statuses, department=None, order="due IS NULL, due, accepted_day, number"):
-    """The cases waiting at ``node`` (``index.queue``'s filter, with the cards)."""
-    marks = ",".join("?" * len(statuses))
-    where, params = f"stage = ? AND status IN ({marks})", [node, *statuses]
-    if department:
-        # Its own department's cases, and parallel cases it leads or still owes an opinion.
-        where += (" AND (department = ? OR json_extract(state, '$.lead_department') = ? "
-                  "OR json_type(state, '$.parallel.\"' || ? || '\"') = 'null')")
-        params += [department, department, department]
-    return _select(where, params, order)
-
-
-def _with_ignored(numbers):
-    """The case numbers among ``numbers`` (a shown section, at most :data:`LIST_LIMIT`)
-    whose state holds events that did not take effect."""
-    numbers = list(numbers)
-    if not numbers:
-        return set()
-    cursor = _db().execute_sql(
-        f"SELECT number FROM case_state WHERE number IN ({','.join('?' * len(numbers))}) "
-        "AND json_array_length(state, '$.ignored') > 0", numbers)
-    return {row[0] for row in cursor.fetchall()}
-
-
 def _decorate(rows, calendar, today, ignored):
     for row in rows:
         row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
@@ -308,31 +257,13 @@ def _decorate(rows, calendar, today, ignored):
     return rows
 
 
-def _clerk_sections(node):
-    accepted_here = "json_extract(state, '$.accepted_at') = ?"
-    return [
-        ("preapplied", "网上预申请，待到站核验", _queue(node, (F.PREAPPLIED,))),
-        ("awaiting", "已一次性告知，待补齐材料", _queue(node, (F.AWAITING,))),
-        ("ready", "已办结，待在本站领取",
-         _select("status = ? AND delivery_station = ?", [F.READY, node], "decided_day, number")),
-        ("supplementing", "本站受理、待申请人补正",
-         _select(f"status = ? AND {accepted_here}", [F.SUPPLEMENTING, node])),
-        ("deficiency", "本站容缺受理、待补齐材料",
-         _select(f"status = ? AND mode = ? AND outstanding > 0 AND {accepted_here}",
-                 [F.HANDLING, F.DEFICIENCY, node])),
-    ]
-
-
 def _accepted_here_section(node, calendar, today):
     """本站受理的在办件: every open case this station accepted, wherever it is now, with
     whether it has been uploaded — what a clerk needs when the citizen phones. Shown for
     information; it is not counted as work to do here."""
     from shared import syncstatus
 
-    statuses = (F.HANDLING, F.SUPPLEMENTING, F.READY)
-    marks = ",".join("?" * len(statuses))
-    rows = _select(f"status IN ({marks}) AND json_extract(state, '$.accepted_at') = ?",
-                   [*statuses, node], "due IS NULL, due, number")
+    rows = lists.accepted_here(_db(), node)
     unsent = set(syncstatus.unsent_cases(current_app.extensions["store"], node)["numbers"]
                  if current_app.config.get("PARENT_URL") else ())  # the county uploads to none
     section = _sections([("accepted_here", "本站受理的在办件", rows)], calendar, today)[0]
@@ -343,59 +274,29 @@ def _accepted_here_section(node, calendar, today):
 
 
 def _approver_sections(node, staff):
-    rows = _queue(node, (F.HANDLING,), department=staff.department or None,
-                  order=CARD_FIRST)
+    rows = lists.approver_queue(_db(), node, department=staff.department or None)
     title = "待审批办件" + (f"（{staff.department}）" if staff.department else "")
     return [("queue", title, rows)]
 
 
-def _supervisor_sections(node):
-    marks = ",".join("?" * len(F.OPEN_STATUSES))
-    postcheck_due = "json_extract(state, '$.postcheck.due')"
-    return [
-        ("here", "在本站办理的全部办件",
-         _select(f"stage = ? AND status IN ({marks})", [node, *F.OPEN_STATUSES],
-                 "due IS NULL, due, number")),
-        ("complaints", "未办结的投诉", _select("open_complaints > 0", [])),
-        ("postchecks", "告知承诺待核查",
-         _select("mode = ? AND json_extract(state, '$.postcheck.result') IS NULL "
-                 "AND status != ?", [F.COMMITMENT, F.WITHDRAWN],
-                 f"{postcheck_due} IS NULL, {postcheck_due}, number",
-                 extra=(("postcheck_due", postcheck_due),))),
-    ]
-
-
 def _red_card_section(node):
-    """Red cards waiting for a supervisor's follow-up: all at the county, else the cases
-    this node handles, accepted or holds (``supervision.red_cards_waiting``)."""
+    """Red cards waiting for a supervisor's follow-up (``worklist.red_cards``)."""
     county = TIER_OF_LENGTH.get(len(node)) == "county"
-    found = supervision.red_cards_waiting(_db(), node=None if county else node)
-    shown = found[:LIST_LIMIT]
-    numbers = sorted({number for number, _ in shown})
-    cases = {}
-    if numbers:
-        cursor = _db().execute_sql(
-            "SELECT number, item_name, status, stage FROM case_state "
-            f"WHERE number IN ({','.join('?' * len(numbers))})", numbers)
-        cases = {row[0]: row[1:] for row in cursor.fetchall()}
-    rows = []
-    for number, card in shown:
-        item_name, status, stage = cases.get(number, ("", "", None))
-        rows.append({"number": number, "item_name": item_name, "stage": stage,
-                     "status_label": F.STATUS_LABELS.get(status, status), "card": card})
-    return {"id": "red_cards", "title": "红牌待跟进", "rows": rows,
-            "truncated": len(found) > LIST_LIMIT}
+    rows, truncated = lists.red_cards(_db(), node, county=county)
+    for row in rows:
+        row["status_label"] = F.STATUS_LABELS.get(row["status"], row["status"])
+    return {"id": "red_cards", "title": "红牌待跟进", "rows": rows, "truncated": truncated}
 
 
 def _sections(sections, calendar, today):
-    """Work-list sections, each cut at :data:`LIST_LIMIT` rows (``truncated`` says so)."""
+    """Work-list sections, each cut at :data:`lists.LIST_LIMIT` rows (``truncated`` says so)."""
     shown = []
     for key, title, rows in sections:
-        kept = rows[:LIST_LIMIT]
-        ignored = _with_ignored(row["number"] for row in kept)
+        kept = rows[:lists.LIST_LIMIT]
+        ignored = lists.with_ignored(_db(), (row["number"] for row in kept))
         shown.append({"id": key, "title": title,
                       "rows": _decorate(kept, calendar, today, ignored),
-                      "truncated": len(rows) > LIST_LIMIT})
+                      "truncated": len(rows) > lists.LIST_LIMIT})
     return shown
 
 
@@ -408,18 +309,18 @@ def worklist():
     calendar, today = _calendar(), _today()
     shown = []
     if staff.has_role("clerk"):
-        shown += _sections(_clerk_sections(node), calendar, today)
+        shown += _sections(lists.clerk_sections(_db(), node), calendar, today)
         shown.append(_accepted_here_section(node, calendar, today))
     if staff.has_role("approver"):
         shown += _sections(_approver_sections(node, staff), calendar, today)
     if staff.has_role("supervisor"):
         shown.append(_red_card_section(node))
-        shown += _sections(_supervisor_sections(node), calendar, today)
+        shown += _sections(lists.supervisor_sections(_db(), node), calendar, today)
     bookings = len(ap.bookings(_db(), today)) if staff.has_role("clerk") else None
     response = make_response(render_template(
         "cases/worklist.html", sections=shown, node=node, today=today,
         total=sum(len(s["rows"]) for s in shown if not s.get("informational")),
-        bookings=bookings, list_limit=LIST_LIMIT))
+        bookings=bookings, list_limit=lists.LIST_LIMIT))
     # Cards must show the moment they are written: never a stale copy from a cache.
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -703,20 +604,6 @@ def _window_decide():
 
 # -- the case --------------------------------------------------------------------------------
 
-def _approve_blocked(state):
-    """Why the case cannot be approved yet, whoever decides (None when it can)."""
-    if state["outstanding"]:
-        names = "、".join(state["materials"][k]["name"] for k in state["outstanding"])
-        return f"仍有容缺材料未补齐（{names}），不能审批通过。"
-    pending = [d for d, o in state["parallel"].items() if o is None]
-    if pending:
-        return "并联部门意见未齐：" + "、".join(pending) + "。"
-    against = [d for d, o in state["parallel"].items() if o.get("opinion") != "agree"]
-    if against:
-        return "并联部门不同意：" + "、".join(against) + "，不能审批通过。"
-    return None
-
-
 def _at_stage(state, staff, node):
     """True when the case waits for a decision-maker at this node and ``staff`` is one."""
     return staff.has_role("approver") and state["status"] == F.HANDLING and \
@@ -742,7 +629,7 @@ def _approver_actions(desk, state, staff, found):
     found.update({"resume_clock"} if state["paused"] else {"request_supplement", "stop_clock"})
     if last:
         found.add("reject")
-        if _approve_blocked(state) is None:
+        if F.approval_refusal(state) is None:
             found.add("approve")
 
 
@@ -786,7 +673,7 @@ def _decision_notes(desk, state, staff, node):
     why the case cannot be approved yet (each None when there is nothing to say)."""
     if not _at_stage(state, staff, node):
         return None, None
-    blocked = _approve_blocked(state) if _is_last_stage(state) else None
+    blocked = F.approval_refusal(state) if _is_last_stage(state) else None
     return desk.may_decide(state, web.actor(staff)), blocked
 
 
