@@ -17,6 +17,7 @@ from shared.hlc import ClockObserver
 from shared.lookup import CaseApplicants
 from shared.registry import NodeRegistry
 from shared.scopes import CaseParties, NodePolicy
+from shared.store import failures, schema
 from shared.store.projections import default_projections
 from shared.store.store import Store
 
@@ -59,7 +60,13 @@ def tier_module(tier):
 
 
 def open_store(config):
-    """Open the node's store with its projections, as configured."""
+    """Open the node's store with its projections, as configured.
+
+    First the file is checked and, when an older release made it, copied and upgraded
+    (:func:`shared.store.schema.prepare`); a damaged or newer store raises
+    ``StoreUnusable`` (a ConfigurationError) and is left as it was.
+    """
+    schema.prepare(config["DB_PATH"], check=config.get("STORE_QUICK_CHECK", True))
     store = Store(config["DB_PATH"], revs_limit=config["REVS_LIMIT"],
                   max_document_size=config["MAX_DOCUMENT_SIZE"])
     for projection in default_projections():
@@ -110,11 +117,13 @@ def create_app(config=None, node_dir=None):
         dbmod.database.initialize(app.extensions["store"].db)
 
     app.after_request(security_headers)
+    failures.init_app(app)  # a write the disk refused: its message, not a 500
     # A child's signed request answered is its contact: its parent sees who is offline.
     app.after_request(syncstatus.note_contact)
 
     from shared import couch, nodeapi, staff
-    from shared.views import appointments, cases, catalog, dashboard, home, progress, sync
+    from shared.views import (appointments, cases, catalog, dashboard, health, home,
+                              progress, sync)
 
     # Every node serves /db under the scopes; a test may replace the policy afterwards.
     app.extensions["couch_policy"] = NodePolicy(app.extensions["store"])
@@ -128,6 +137,7 @@ def create_app(config=None, node_dir=None):
     progress.init_app(app)
     appointments.init_app(app)
     dashboard.init_app(app)
+    health.init_app(app)
     module.init_app(app)
     return app
 

@@ -14,9 +14,16 @@ import click
 
 from shared import clock
 from shared import config as cfg
-from shared.errors import ConfigurationError
+from shared import identity
+from shared.errors import EXIT_UNUSABLE, ConfigurationError
 
 logger = logging.getLogger("tongban")
+
+
+class NodeUnusable(click.ClickException):
+    """The node cannot start as it is; restarting it changes nothing."""
+
+    exit_code = EXIT_UNUSABLE
 
 
 def _fail(message):
@@ -30,7 +37,7 @@ def load_app(node_dir):
     try:
         return create_app(node_dir=node_dir)
     except ConfigurationError as exc:
-        _fail(str(exc))
+        raise NodeUnusable(str(exc)) from exc
 
 
 @click.group()
@@ -52,7 +59,11 @@ def main(verbose):
 @click.option("--name", default="", help="The station's name, e.g. 海城镇.")
 @click.option("--enrol", "enrol_code", default=None,
               help="One-time enrolment code from the county (tongban enrol).")
-def init(node_dir, tier, code, parent_url, name, enrol_code):
+@click.option("--recover", is_flag=True,
+              help="A replacement PC (enrolled with a code from tongban enrol --replace): "
+                   "take back the station's cases, scans, catalog and registry from the "
+                   "parent before it serves.")
+def init(node_dir, tier, code, parent_url, name, enrol_code, recover):
     """Create a node directory: configuration, keys and an empty store.
 
     A county makes the region's keys. Any other node enrols with ``--parent URL --enrol
@@ -71,6 +82,9 @@ def init(node_dir, tier, code, parent_url, name, enrol_code):
         _fail(f"{node_dir} exists and is not empty")
     if enrol_code and not parent_url:
         _fail("--enrol needs --parent: the enrolment goes through the parent node")
+    if recover and not enrol_code:
+        _fail("--recover needs --enrol CODE (from tongban enrol --replace at the county) "
+              "and --parent URL")
     if parent_url:
         _check_parent(parent_url, tier, code)
     enrolment = None
@@ -92,8 +106,9 @@ def init(node_dir, tier, code, parent_url, name, enrol_code):
     }
     try:
         node_dir.mkdir(parents=True, exist_ok=True)
-        (node_dir / cfg.CONFIG_FILE).write_text(
-            json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        # Only its owner reads it: it holds SECRET_KEY (staff sessions, form tokens).
+        identity.write_private(node_dir / cfg.CONFIG_FILE, (json.dumps(
+            settings, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
         _set_up_identity(node_dir, tier, code, name, enrolment)
     except BaseException:
         # Nothing half-made is left behind.
@@ -104,9 +119,25 @@ def init(node_dir, tier, code, parent_url, name, enrol_code):
                 child.unlink() if child.is_file() else shutil.rmtree(child)
         raise
     click.echo(f"created {tier} node {code} {name} in {node_dir}")
+    if recover:
+        _recover(node_dir)
     if tier != "county" and enrolment is None:
         click.echo("note: not enrolled; it syncs only through a replicator account in "
                    "PARENT_URL until it is (tongban init --enrol)", err=True)
+
+
+def _recover(node_dir):
+    """Take the new node's scope back from its parent (shared/recovery.py)."""
+    from shared.recovery import recover
+
+    app = load_app(node_dir)
+    try:
+        found = recover(app, echo=click.echo)
+    finally:
+        app.extensions["store"].close()
+    if not found["ok"]:
+        _fail(f"recovery did not finish (see above); {node_dir} is enrolled: start "
+              f"tongban syncd {node_dir} and it carries on where recovery stopped")
 
 
 def _set_up_identity(node_dir, tier, code, name, enrolment):
@@ -178,18 +209,25 @@ def _county_store(node_dir):
 @click.option("--tier", required=True, type=click.Choice(["township", "village"]))
 @click.option("--hours", default=72, show_default=True, type=click.IntRange(1, 24 * 30),
               help="How long the code stays valid.")
-def enrol(node_dir, node_code, tier, hours):
+@click.option("--replace", is_flag=True,
+              help="The node is registered but its PC is lost or replaced: revoke its old "
+                   "key now and let the code enrol a new one.")
+def enrol(node_dir, node_code, tier, hours, replace):
     """Issue a one-time enrolment code for a new node (at the county)."""
     from shared import registry
 
-    store, _key = _county_store(node_dir)
+    store, key = _county_store(node_dir)
     try:
-        code = registry.issue_enrolment(store, node_code, tier, hours=hours)
+        code = registry.issue_enrolment(store, node_code, tier, hours=hours,
+                                        county_key=key, replace=replace)
     except ConfigurationError as exc:
         _fail(str(exc))
     finally:
         store.close()
     click.echo(code)
+    if replace:
+        click.echo(f"the old key of {node_code} is revoked; the new PC takes its cases back "
+                   "from the parent with tongban init ... --enrol CODE --recover", err=True)
     click.echo(f"enrolment code for {tier} {node_code}, valid {hours} h, usable once: "
                f"tongban init DIR --tier {tier} --code {node_code} --parent URL --enrol {code}",
                err=True)
@@ -408,6 +446,68 @@ def serve(node_dir, host, port, threads):
     serving.limit_header_time(server, float(config["SERVE_HEADER_TIMEOUT"]))
     server.print_listen("Serving on http://{}:{}")
     server.run()
+
+
+def _station_options(command):
+    """``--host``, ``--port`` and ``--threads`` of ``run`` and ``service``, passed to serve."""
+    command = click.option("--threads", default=64, show_default=True,
+                           type=click.IntRange(1, 512), help="serve's threads.")(command)
+    command = click.option("--port", default=5984, show_default=True,
+                           type=click.IntRange(1, 65535), help="serve's port.")(command)
+    return click.option("--host", default="127.0.0.1", show_default=True,
+                        help="serve's address (0.0.0.0: every interface).")(command)
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_station_options
+def run(node_dir, host, port, threads):
+    """Run the station: serve and syncd, each restarted when it exits, until SIGTERM or
+    Ctrl-C. Logs in NODE_DIR/logs, restart counts in NODE_DIR/run-state.json."""
+    from shared.supervisor import run_station
+
+    sys.exit(run_station(node_dir, host=host, port=port, threads=threads))
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--systemd", "kind", flag_value="systemd", help="A systemd unit (Linux).")
+@click.option("--windows", "kind", flag_value="windows",
+              help="A WinSW service configuration (Windows).")
+@click.option("--user", default=None, help="systemd: the account the station runs as.")
+@_station_options
+def service(node_dir, kind, user, host, port, threads):
+    """Print a service definition that runs ``tongban run NODE_DIR`` at boot (see
+    docs/operations.md for installing it)."""
+    from shared.supervisor import service_file
+
+    if kind is None:
+        _fail("choose --systemd (Linux) or --windows (WinSW)")
+    if user and kind != "systemd":
+        _fail("--user is for --systemd; WinSW takes the account at install time")
+    click.echo(service_file(kind, node_dir, host=host, port=port, threads=threads, user=user),
+               nl=False)
+
+
+@main.command()
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def retention(node_dir):
+    """Purge now the closed cases beyond RETENTION_DAYS at a village (what the nightly job
+    does): only those the parent confirms it holds; they stay at the township and county."""
+    from shared import retention as kept
+
+    app = load_app(node_dir)
+    store = app.extensions["store"]
+    try:
+        if app.config["TIER"] != "village":
+            _fail("retention applies only at a village; townships and the county keep "
+                  "every case")
+        with app.app_context():
+            numbers = kept.purge_expired(app)
+    finally:
+        store.close()
+    click.echo(f"purged {len(numbers)} closed cases" + (f": {', '.join(numbers)}"
+                                                       if numbers else ""))
 
 
 @main.command()
@@ -721,6 +821,125 @@ def audit_verify(ctx, node_dir, as_json):
         click.echo(f"audit log NOT intact ({report.entries} entries checked)")
     if not report.ok:
         ctx.exit(1)
+
+
+# -- backups (shared/backup.py) ----------------------------------------------------------
+
+class _DefaultCreateGroup(click.Group):
+    """``tongban backup DIR FILE`` runs ``backup create``; ``backup verify FILE`` verifies."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+_PASSPHRASE_FILE = click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="File holding the passphrase of the keys (else $TONGBAN_BACKUP_PASSPHRASE, else "
+         "asked on the terminal).")
+
+
+def _backup_passphrase(passphrase_file, confirm=False, needed=True):
+    """The passphrase (file, environment, terminal); None when there is none to ask for."""
+    from shared import backup
+
+    def ask():
+        if not sys.stdin.isatty():
+            if needed:
+                _fail("no passphrase: give --passphrase-file or set "
+                      f"{backup.PASSPHRASE_ENV}")
+            return None
+        passphrase = getpass.getpass("备份口令 / backup passphrase: ")
+        if confirm and getpass.getpass("再次输入 / again: ") != passphrase:
+            _fail("the two passphrases differ")
+        return passphrase
+
+    try:
+        return backup.read_passphrase(passphrase_file, prompt=ask)
+    except backup.BackupError as exc:
+        _fail(str(exc))
+
+
+@main.group(cls=_DefaultCreateGroup)
+def backup():
+    """Back up a node while it serves (tongban backup DIR FILE), or check a backup
+    (tongban backup verify FILE)."""
+
+
+@backup.command("create")
+@click.argument("node_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_PASSPHRASE_FILE
+@click.option("--without-keys", is_flag=True,
+              help="Leave node.key, secrets.json and SECRET_KEY out (no passphrase).")
+def backup_create(node_dir, file, passphrase_file, without_keys):
+    """Write a consistent copy of the node at NODE_DIR (store, scans, config, audit head,
+    keys sealed under a passphrase) into the zip FILE."""
+    from shared import backup as backups
+
+    passphrase = None if without_keys else _backup_passphrase(passphrase_file, confirm=True)
+    try:
+        manifest = backups.create(node_dir, file, passphrase, keys=not without_keys)
+    except backups.BackupError as exc:
+        _fail(str(exc))
+    keys = "keys sealed" if manifest["keys"]["included"] else "WITHOUT keys"
+    click.echo(f"backup of {manifest['node']['tier']} node {manifest['node']['code']} "
+               f"written to {file}: {manifest['store']['doc_count']} documents, "
+               f"{manifest['blobs']} scans, {manifest['audit']['entries']} audit entries, "
+               f"{keys}")
+
+
+@backup.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_PASSPHRASE_FILE
+@click.pass_context
+def backup_verify(ctx, file, passphrase_file):
+    """Check a backup: every member's sha256, the store, the audit chain and, with the
+    passphrase, the keys. Exits 1 on any problem."""
+    from shared import backup as backups
+
+    passphrase = _backup_passphrase(passphrase_file, needed=False)
+    try:
+        result = backups.verify(file, passphrase)
+    except backups.BackupError as exc:
+        click.echo(f"FAIL  {exc}")
+        click.echo(f"备份不可用 / backup NOT OK: {file}")
+        ctx.exit(1)
+    marks = {True: "ok  ", False: "FAIL", None: "--  "}
+    for check in result.checks:
+        click.echo(f"{marks[check.ok]}  {check.what}")
+    if result.ok:
+        click.echo(f"备份完好 / backup OK: {file}")
+    else:
+        click.echo(f"备份有问题 / backup NOT OK: {file}")
+        ctx.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("node_dir", type=click.Path(file_okay=False, path_type=Path))
+@_PASSPHRASE_FILE
+@click.option("--force", is_flag=True,
+              help="Restore into a non-empty NODE_DIR: its content is moved aside first.")
+@click.option("--without-keys", is_flag=True,
+              help="Accept a backup that holds no keys.")
+def restore(file, node_dir, passphrase_file, force, without_keys):
+    """Bring the node of backup FILE back into NODE_DIR (new or empty), after checking it."""
+    from shared import backup as backups
+
+    passphrase = _backup_passphrase(passphrase_file, needed=not without_keys)
+    try:
+        manifest, moved = backups.restore(file, node_dir, passphrase, force=force,
+                                          without_keys=without_keys)
+    except backups.BackupError as exc:
+        _fail(str(exc))
+    if moved:
+        click.echo(f"the former content of {node_dir} is in {moved}")
+    click.echo(f"restored {manifest['node']['tier']} node {manifest['node']['code']} "
+               f"{manifest['node']['name']} into {node_dir}: "
+               f"{manifest['store']['doc_count']} documents, {manifest['blobs']} scans "
+               f"(backup of {clock.format_time(manifest['created_at'])})")
 
 
 if __name__ == "__main__":  # pragma: no cover

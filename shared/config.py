@@ -125,7 +125,32 @@ DEFAULTS = {
     "RUN_LOG_MAX_BYTES": 10 * 1024 * 1024,
     # ...and how many rotated files of each are kept (serve.log.1 … serve.log.5).
     "RUN_LOG_BACKUPS": 5,
+    # -- health (shared/views/health.py: /healthz, /metrics) --
+    # /healthz says "degraded" when the store's filesystem has fewer free bytes than this.
+    "HEALTH_DISK_FREE_MIN_BYTES": 512 * 1024 * 1024,
+    # Seconds /healthz's test write may wait for the store's write lock before "fail".
+    "HEALTH_WRITE_TIMEOUT": 5.0,
+    # -- backups (shared/backup.py, the backup job of every tier) --
+    # How often syncd backs the node up: "daily", "hourly" or "off".
+    "BACKUP_SCHEDULE": "daily",
+    # The hour (Beijing time, 0-23) of the daily backup; a PC off then backs up on waking.
+    "BACKUP_HOUR": 2,
+    # Where scheduled backups go (relative: to the node directory); None: <node_dir>/backups.
+    "BACKUP_DIR": None,
+    # How many scheduled backups are kept (the newest; older ones are deleted).
+    "BACKUP_KEEP": 7,
+    # File holding the passphrase that seals the keys; None: backups leave the keys out.
+    "BACKUP_PASSPHRASE_FILE": None,
+    # -- store (shared/store/schema.py: schema version, upgrades, the check at start) --
+    # Run PRAGMA quick_check on the store when serve, syncd or the CLI opens it (a damaged
+    # file then stops the node with how to restore it); false skips it on a huge store.
+    "STORE_QUICK_CHECK": True,
 }
+
+
+def tier_of(code):
+    """The tier of a division code by its length (None for anything else)."""
+    return TIER_BY_LENGTH.get(len(code)) if isinstance(code, str) else None
 
 
 def parent_code(code):
@@ -190,6 +215,7 @@ NULLABLE_KINDS = {
     "TIER": str, "NODE_CODE": str, "PARENT_URL": str, "PARENT_CODE": str, "DB_PATH": str, "SECRET_KEY": str,
     "COUNTY_PUBLIC_KEY": str, "PUBLIC_URL": str, "FEED_MAX_CONCURRENT": int,
     "UPSTREAM_URL": str,
+    "BACKUP_DIR": str, "BACKUP_PASSPHRASE_FILE": str,
 }
 #: Set by the node itself, never read from its file.
 DERIVED = ("NODE_DIR",)

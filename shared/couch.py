@@ -85,6 +85,8 @@ STATUS = [
     (FileExists, 412),
     (errors.DocumentTooLarge, 413),
     (BadContentType, 415),
+    # CouchDB 3.4+ (its disk monitor) refuses writes to a full disk this way.
+    (errors.InsufficientStorage, 507),
 ]
 
 

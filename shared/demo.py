@@ -4,8 +4,9 @@ One county (海丰县), two of its townships and two villages under each, from t
 division codes in ``shared/data/region-haifeng.json``. The county is made with
 ``tongban init`` (its key, the region key, its registry entry); every other node enrols
 with a one-time code from ``tongban enrol`` through its parent (a township relays its
-villages' enrolments to the county). Every node then runs ``tongban serve`` and
-``tongban syncd`` as separate processes; syncd signs its requests with the node's key.
+villages' enrolments to the county). Every node then runs ``tongban run``, which keeps
+its ``tongban serve`` and ``tongban syncd`` processes up; syncd signs its requests with the
+node's key.
 
 The county publishes the sample catalog (``shared/data/catalog-sample.json``) as signed
 release 1: an editor account proposes it and an approver account approves it (two people).
@@ -25,9 +26,7 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,17 +35,13 @@ from pathlib import Path
 import click
 import requests
 
-from shared import clock
+from shared import clock, democase
 from shared import config as cfg
-from shared import democase
+from shared.supervisor import TONGBAN, launch_command, own_group, port_free
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-#: How a node's own processes are started. ``-P`` (Python 3.11+) keeps the current
-#: directory off sys.path, so a folder named ``shared`` where the user stands is never
-#: imported in place of this package.
-TONGBAN = [sys.executable, "-P", "-m", "shared.cli"]
 REPLICATOR_USER = "replicator"
 TOWNSHIPS, VILLAGES_PER_TOWNSHIP = 2, 2
 #: The item the demo revises at the county, and what the revision adds to its name.
@@ -61,7 +56,7 @@ INDENT = {"county": "", "township": "  ", "village": "    "}
 
 @dataclass
 class DemoNode:
-    """One node of the demo region and its two processes."""
+    """One node of the demo region and its ``tongban run`` process."""
 
     tier: str
     code: str
@@ -70,7 +65,7 @@ class DemoNode:
     node_dir: Path
     parent: "DemoNode | None" = None
     password: str = ""
-    processes: dict = field(default_factory=dict, repr=False)  # "serve"/"syncd" → Popen
+    processes: dict = field(default_factory=dict, repr=False)  # "run" → Popen
 
     @property
     def url(self):
@@ -109,19 +104,6 @@ def plan_region(base_dir, base_port):
                                   base_dir / f"village-{village['code']}", parent=township))
             port += 1
     return nodes
-
-
-def port_free(port):
-    """True when nothing listens on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        # The server binds with SO_REUSEADDR; probing the same way ignores TIME_WAIT
-        # connections left by a previous run and still finds a live listener.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _cli(*args, input_text=None):
@@ -298,41 +280,25 @@ def revise_catalog(county):
 
 # -- the processes -------------------------------------------------------------------------
 
-#: What a node's process runs first on Linux: it asks to be sent SIGTERM when the thread
-#: that started it ends (the demo's, even by kill -9), then becomes the real command (same
-#: pid), so no node outlives the demo.
-_LAUNCHER = """\
-import os, signal, sys
-try:
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-except Exception:
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("the demo has gone")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
+#: Seconds a node's ``tongban run`` gets to stop its serve and syncd before it is killed
+#: (its own RUN_STOP_TIMEOUT for them is 20 s).
+STOP_TIMEOUT = 30.0
 
 
 def start_processes(node, log_dir):
-    """Start ``tongban serve`` and ``tongban syncd`` for ``node``, logging to files.
+    """Start ``tongban run`` for ``node`` (its serve and syncd log to the node's ``logs``
+    folder; what run itself says goes to ``log_dir``).
 
-    Call it only from the thread that runs the demo: on Linux the processes end with the
-    thread that started them.
+    Call it only from the thread that runs the demo: on Linux the process ends with the
+    thread that started it, and its serve and syncd with it.
     """
-    commands = {
-        "serve": [*TONGBAN, "-v", "serve", str(node.node_dir), "--port", str(node.port)],
-        "syncd": [*TONGBAN, "syncd", str(node.node_dir)],
-    }
-    for what, command in commands.items():
-        if sys.platform.startswith("linux"):
-            command = [sys.executable, "-S", "-P", "-c", _LAUNCHER, str(os.getpid()), *command]
-        log = open(log_dir / f"{node.tier}-{node.code}-{what}.log", "ab")
-        # A session of its own: Ctrl-C reaches only the demo, which stops syncd first.
-        node.processes[what] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        log.close()
+    command = [*TONGBAN, "run", str(node.node_dir), "--port", str(node.port)]
+    log = open(log_dir / f"{node.tier}-{node.code}-run.log", "ab")
+    # A group of its own: Ctrl-C reaches only the demo, which stops the nodes itself.
+    node.processes["run"] = subprocess.Popen(
+        launch_command(command), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, **own_group())
+    log.close()
 
 
 def check_alive(nodes):
@@ -340,9 +306,10 @@ def check_alive(nodes):
     for node in nodes:
         for what, process in node.processes.items():
             if process.poll() is not None:
-                raise RuntimeError(f"{node.label} 的 {what} 进程已退出 / {what} of "
-                                   f"{node.code} exited with {process.returncode}; "
-                                   f"see logs/{node.tier}-{node.code}-{what}.log")
+                raise RuntimeError(f"{node.label} 的 tongban {what} 进程已退出 / tongban "
+                                   f"{what} of {node.code} exited with {process.returncode}; "
+                                   f"see logs/{node.tier}-{node.code}-{what}.log and "
+                                   f"{node.node_dir / 'logs'}")
 
 
 def wait_until_up(node, timeout=60.0):
@@ -359,18 +326,18 @@ def wait_until_up(node, timeout=60.0):
 
 
 def stop_processes(nodes):
-    """Stop every syncd (its current batch finishes), then every serve."""
-    for what in ("syncd", "serve"):
-        running = [n.processes[what] for n in nodes if what in n.processes]
-        for process in running:
-            if process.poll() is None:
-                process.terminate()
-        for process in running:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+    """Stop every node's ``tongban run`` (each stops its syncd and serve), villages first."""
+    running = [n.processes["run"] for n in reversed(nodes) if "run" in n.processes]
+    for process in running:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for process in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()  # on Linux its serve and syncd end with it
+            process.wait(timeout=10)
 
 
 def bring_up_below(county, nodes, known, log_dir, echo):
@@ -488,7 +455,7 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
     if in_main:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             previous[signum] = signal.signal(signum, _raise_stop)
-    echo(f"示范区域 / demo region in {base_dir} (logs in {log_dir})")
+    echo(f"示范区域 / demo region in {base_dir} (logs in {log_dir} and each node's logs/)")
     try:
         started = time.monotonic()
         created = prepare_node(county, county, known)
@@ -499,8 +466,8 @@ def run_demo(base_dir, base_port, exit_when_synced=False, echo=click.echo, timeo
         start_processes(county, log_dir)
         wait_until_up(county)
         bring_up_below(county, nodes, known, log_dir, echo)
-        echo(f"  {2 * len(nodes)} 个进程已启动 / serve and syncd running for "
-             f"{len(nodes)} nodes ({time.monotonic() - started:.1f} s)")
+        echo(f"  {len(nodes)} 个站点已由 tongban run 启动 / tongban run (serve and syncd) "
+             f"running for {len(nodes)} nodes ({time.monotonic() - started:.1f} s)")
         setup_done = time.monotonic()
         first_arrival = wait_for_release(nodes, first, setup_done, timeout, echo, timed=False)
         echo("")

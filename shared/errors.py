@@ -1,5 +1,10 @@
 """Exception hierarchy. Domain errors know nothing of HTTP; couch.py maps them to statuses."""
 
+#: Exit code of a command that cannot start on this node directory as it is (sysexits'
+#: EX_CONFIG): a bad setting, a damaged or too new store. ``tongban run`` and the systemd
+#: unit do not restart it; every restart would fail the same.
+EXIT_UNUSABLE = 78
+
 
 class TongbanError(Exception):
     """Base of every error this project raises on purpose."""
@@ -91,3 +96,23 @@ class PeerError(TongbanError):
         super().__init__(reason, original=original)
         self.status = status
         self.kind = kind
+
+
+class StorageFailed(TongbanError):
+    """The disk refused a write (an I/O error): nothing of that write was stored."""
+
+    error = "storage_failed"
+    #: What a person at a page reads.
+    message = ("磁盘读写出错，未能保存：本次提交的内容没有写入（已保存的数据不受影响）。"
+               "请联系管理员检查磁盘。")
+
+
+class InsufficientStorage(StorageFailed):
+    """The disk (or the store's size limit) is full: nothing of that write was stored.
+
+    CouchDB's word for it (3.4's disk monitor answers ``507 insufficient_storage``).
+    """
+
+    error = "insufficient_storage"
+    message = ("磁盘已满，未能保存：本次提交的内容没有写入（已保存的数据不受影响）。"
+               "请联系管理员清理磁盘空间后再试。")

@@ -87,7 +87,7 @@ def private_key_pem(private_key):
                                      serialization.NoEncryption())
 
 
-def _write_private(path, data):
+def write_private(path, data):
     """Write ``data`` to a new file only its owner can read (no window where others can)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -99,7 +99,7 @@ def _write_private(path, data):
 
 def save_private_key(node_dir, private_key):
     """Store the node's key as ``node_dir/node.key`` (mode 0600)."""
-    _write_private(Path(node_dir) / KEY_FILE, private_key_pem(private_key))
+    write_private(Path(node_dir) / KEY_FILE, private_key_pem(private_key))
 
 
 def load_private_key(node_dir):
@@ -150,7 +150,7 @@ def sign(private_key, message):
 
 def save_secrets(node_dir, secrets):
     """Store the node's secrets (``region_key`` …) in ``secrets.json`` (mode 0600)."""
-    _write_private(Path(node_dir) / SECRETS_FILE,
+    write_private(Path(node_dir) / SECRETS_FILE,
                    json.dumps(secrets, indent=2, sort_keys=True).encode("utf-8"))
 
 

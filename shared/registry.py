@@ -6,6 +6,11 @@ its ``node_registry`` table only entries whose signature verifies, so a forged o
 tampered entry is never trusted anywhere. Revocation is a new, signed version with
 ``status: revoked``.
 
+A registered, active node gets a new key only when the county says so
+(``tongban enrol --replace``): issuing that code revokes the old key at once (a version with
+``status: revoked, reason: replaced``), and the version the redemption publishes names the
+key it replaces (``replaces``), so the registry's history says why a key changed.
+
 Enrolment codes (one-time, expiring) live only at the county, in ``enrolment_code``.
 """
 
@@ -50,11 +55,13 @@ def signed_part(doc):
 
 
 def make_entry(county_key, *, code, tier, name, public_key, status=ACTIVE, version=1,
-               parent=None, issued_at=None):
+               parent=None, issued_at=None, **history):
     """A signed ``node:<code>`` document.
 
     :param county_key: the county's ``Ed25519PrivateKey``.
     :param public_key: the node's public key, base64 of the raw 32 bytes.
+    :param history: signed members saying why this version was made (``reason``,
+        ``replaces``: the public key this version's key replaces); None values are left out.
     """
     cfg.validate_code(tier, code)
     if status not in STATUSES:
@@ -63,6 +70,7 @@ def make_entry(county_key, *, code, tier, name, public_key, status=ACTIVE, versi
            "parent": parent if parent is not None else cfg.parent_code(code),
            "name": name or "", "public_key": public_key, "status": status,
            "version": int(version), "issued_at": issued_at or _iso(utcnow())}
+    doc.update({key: value for key, value in history.items() if value is not None})
     doc["signature"] = identity.sign(county_key, identity.canonical_json(signed_part(doc)))
     return doc
 
@@ -202,8 +210,23 @@ _ENROLMENT_TABLE = """CREATE TABLE IF NOT EXISTS enrolment_code (
     node_code TEXT NOT NULL,
     tier TEXT NOT NULL,
     expires TEXT NOT NULL,
-    used_at TEXT
+    used_at TEXT,
+    replaces_key INTEGER NOT NULL DEFAULT 0
 )"""
+
+REPLACED = "replaced"
+#: What the county is told when it asks for a code of a node that holds an active key.
+ACTIVE_NODE_REASON = ("node {code} is registered and active: a new enrolment would replace "
+                      "its key; ")
+
+
+def _enrolment_table(db):
+    """Create ``enrolment_code`` (an older one gains its ``replaces_key`` column)."""
+    db.execute_sql(_ENROLMENT_TABLE)
+    columns = [row[1] for row in db.execute_sql("PRAGMA table_info(enrolment_code)")]
+    if "replaces_key" not in columns:
+        db.execute_sql("ALTER TABLE enrolment_code ADD COLUMN replaces_key INTEGER NOT NULL "
+                       "DEFAULT 0")
 
 
 def _code_hash(enrolment_code):
@@ -211,11 +234,15 @@ def _code_hash(enrolment_code):
     return hashlib.sha256(normalised.encode("ascii", "replace")).hexdigest()
 
 
-def issue_enrolment(store, node_code, tier, *, hours=DEFAULT_ENROLMENT_HOURS, now=None):
+def issue_enrolment(store, node_code, tier, *, hours=DEFAULT_ENROLMENT_HOURS, now=None,
+                    county_key=None, replace=False):
     """A one-time enrolment code for ``node_code`` (printed once; only its hash is kept).
 
-    :raises ConfigurationError: a malformed code, or a parent the registry does not
-        hold as active (enrol the township before its villages).
+    :param replace: the node is registered and its PC lost or replaced: its old key is
+        revoked now (signed with ``county_key``) and the code enrols the new one.
+    :raises ConfigurationError: a malformed code, a parent the registry does not hold as
+        active (enrol the township before its villages), a node that is active without
+        ``replace``, or ``replace`` for a node the registry does not hold.
     """
     cfg.validate_code(tier, node_code)
     if tier == "county":
@@ -226,29 +253,53 @@ def issue_enrolment(store, node_code, tier, *, hours=DEFAULT_ENROLMENT_HOURS, no
         raise errors.ConfigurationError(
             f"parent {parent} of {node_code} is not an active node of the registry; "
             "enrol it first")
+    current = _current(store, node_code)
+    if current is not None and current.get("tier") != tier:
+        raise errors.ConfigurationError(
+            f"node {node_code} is registered as a {current.get('tier')}, not a {tier}")
+    if replace:
+        if current is None:
+            raise errors.ConfigurationError(
+                f"node {node_code} is not in the registry: there is nothing to replace; "
+                "enrol it without --replace")
+        if county_key is None:
+            raise errors.ConfigurationError("replacing a node's key needs the county key")
+    elif current is not None and current.get("status") == ACTIVE:
+        raise errors.ConfigurationError(ACTIVE_NODE_REASON.format(code=node_code) + (
+            "if the station's PC is lost or replaced, issue the code with --replace "
+            "(the old key is revoked at once)"))
     now = now or utcnow()
     raw = "".join(CODE_ALPHABET[b % 32] for b in os.urandom(16))
     text = "-".join(raw[i:i + 4] for i in range(0, 16, 4))
     with store.db.atomic():
-        store.db.execute_sql(_ENROLMENT_TABLE)
+        _enrolment_table(store.db)
         store.db.execute_sql(
-            "INSERT INTO enrolment_code (code_hash, node_code, tier, expires) "
-            "VALUES (?, ?, ?, ?)",
-            (_code_hash(text), node_code, tier, _iso(now + datetime.timedelta(hours=hours))))
-    logger.info("enrolment code issued for %s (%s), valid %d h", node_code, tier, hours)
+            "INSERT INTO enrolment_code (code_hash, node_code, tier, expires, replaces_key) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (_code_hash(text), node_code, tier, _iso(now + datetime.timedelta(hours=hours)),
+             int(bool(replace))))
+        if replace:
+            # A lost PC may be in anyone's hands: its key stops working now, not when the
+            # replacement enrols.
+            revoke(store, county_key, node_code, reason=REPLACED)
+    logger.info("enrolment code issued for %s (%s), valid %d h%s", node_code, tier, hours,
+                "; its old key is revoked" if replace else "")
     return text
 
 
 def _take_enrolment(store, enrolment_code, node_code, tier, now):
-    """Mark an enrolment code used; raises Forbidden when it cannot be used."""
+    """Mark an enrolment code used; raises Forbidden when it cannot be used.
+
+    :returns: True when the code was issued to replace the node's key (``--replace``).
+    """
     with store.db.atomic():
-        store.db.execute_sql(_ENROLMENT_TABLE)
+        _enrolment_table(store.db)
         row = store.db.execute_sql(
-            "SELECT node_code, tier, expires, used_at FROM enrolment_code WHERE code_hash = ?",
-            (_code_hash(enrolment_code),)).fetchone()
+            "SELECT node_code, tier, expires, used_at, replaces_key FROM enrolment_code "
+            "WHERE code_hash = ?", (_code_hash(enrolment_code),)).fetchone()
         if row is None:
             raise errors.Forbidden("unknown enrolment code")
-        issued_for, issued_tier, expires, used_at = row
+        issued_for, issued_tier, expires, used_at, replace = row
         if used_at:
             raise errors.Forbidden("this enrolment code has already been used")
         if expires < _iso(now):
@@ -257,8 +308,15 @@ def _take_enrolment(store, enrolment_code, node_code, tier, now):
             raise errors.Forbidden(
                 f"this enrolment code was issued for {issued_tier} {issued_for}, "
                 f"not {tier} {node_code}")
+        current = _current(store, node_code)
+        if current is not None and current.get("status") == ACTIVE and not replace:
+            # Never a silent change of an active node's key (a code issued before the
+            # node enrolled, used a second time by someone else's PC).
+            raise errors.Forbidden(ACTIVE_NODE_REASON.format(code=node_code) + (
+                "ask the county for a code issued with tongban enrol --replace"))
         store.db.execute_sql("UPDATE enrolment_code SET used_at = ? WHERE code_hash = ?",
                              (_iso(now), _code_hash(enrolment_code)))
+    return bool(replace)
 
 
 def _release_enrolment(store, enrolment_code):
@@ -305,14 +363,18 @@ def redeem_enrolment(store, county_key, request, *, region_key, now=None):
             raise ValueError("enrol_code must be a string")
     except (KeyError, TypeError, ValueError, errors.ConfigurationError) as exc:
         raise errors.BadRequest(f"malformed enrolment request: {exc}") from exc
-    _take_enrolment(store, enrol_code, code, tier, now)
+    replace = _take_enrolment(store, enrol_code, code, tier, now)
+    previous = _current(store, code) if replace else None
     try:
         entry = publish_entry(store, county_key, code=code, tier=tier,
-                              name=str(request.get("name") or ""), public_key=public_key)
+                              name=str(request.get("name") or ""), public_key=public_key,
+                              replaces=(previous or {}).get("public_key"),
+                              reason=REPLACED if previous else None)
     except Exception:
         _release_enrolment(store, enrol_code)
         raise
-    logger.info("node %s (%s) enrolled", code, tier)
+    logger.info("node %s (%s) enrolled%s", code, tier,
+                ", replacing its old key" if previous else "")
     return {"entry": entry,
             "county_public_key": identity.b64(identity.public_key_bytes(county_key)),
             "registry": registry_docs(store),
@@ -325,9 +387,10 @@ def registry_docs(store):
     return [store.get(row["id"], revs=True) for row in rows]
 
 
-def revoke(store, county_key, code):
+def revoke(store, county_key, code, *, reason=None):
     """Revoke node ``code``: a new signed version with status ``revoked``.
 
+    :param reason: why, recorded in the signed entry (``replaced``: a new PC enrols).
     :raises NotFound: the registry has no such node.
     """
     current = _current(store, code)
@@ -337,4 +400,4 @@ def revoke(store, county_key, code):
         return current
     return publish_entry(store, county_key, code=code, tier=current["tier"],
                          name=current.get("name", ""), public_key=current["public_key"],
-                         parent=current.get("parent"), status=REVOKED)
+                         parent=current.get("parent"), status=REVOKED, reason=reason)

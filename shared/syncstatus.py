@@ -27,6 +27,7 @@ import logging
 import threading
 
 from shared import clock
+from shared import config as cfg
 
 logger = logging.getLogger(__name__)
 
@@ -433,8 +434,9 @@ def node_overview(store, own_code, now=None, offline_after=None):
     # Below a node that is offline nothing can be known: its reports cannot come through.
     down = {e["code"] for e in result if not e["online"]}
     for entry in result:
+        village = cfg.tier_of(entry["code"]) == "village"
         parent = nodes.get(entry["code"], {}).get("parent") or \
-            (entry["code"][:9] if len(entry["code"]) == 12 else None)
+            (cfg.parent_code(entry["code"]) if village else None)
         if parent in down and entry["online"]:
             entry["online"] = False
             entry["state_label"] = f"状态不明（上级 {parent} 离线）"
@@ -644,7 +646,50 @@ def status_report(store, config, now=None):
                                offline_after=config.get("NODE_OFFLINE_AFTER")),
         "catalog": catalog_report(store.db),
         "calendar": calendar_report(store.db),
+        "processes": process_report(config.get("NODE_DIR"), now),
     }
+
+
+# -- the station's own processes (tongban run) ---------------------------------------------
+
+PROCESS_LABELS = {"serve": "服务程序（serve）", "syncd": "同步程序（syncd）"}
+RUN_STATE_LABELS = {"starting": "正在启动", "running": "运行中", "stopping": "正在停止",
+                    "stopped": "已停止"}
+
+
+def process_report(node_dir, now=None):
+    """What ``tongban run`` last wrote about serve and syncd (``run-state.json``), with
+    words for people; None when the node was never run by ``tongban run``."""
+    from shared.supervisor import read_state
+
+    state = read_state(node_dir) if node_dir else None
+    if state is None:
+        return None
+    now = clock.time() if now is None else now
+    children = []
+    for name, child in sorted((state.get("children") or {}).items(),
+                              key=lambda item: item[0] != "serve"):
+        child = child if isinstance(child, dict) else {}
+        up_since = parse_iso(child.get("up_since"))
+        exit_at = parse_iso(child.get("last_exit_at"))
+        restart_at = parse_iso(child.get("next_restart_at"))
+        if child.get("pid"):
+            label = f"运行中，自 {format_time_ago(up_since, now)}" if up_since else "运行中"
+        elif restart_at:
+            label = f"已退出，将于 {format_time_in(restart_at, now)}重启"
+        else:
+            label = "未运行"
+        children.append({
+            "name": name, "label": PROCESS_LABELS.get(name, name), "pid": child.get("pid"),
+            "restarts": child.get("restarts") or 0, "state_label": label,
+            "last_exit_code": child.get("last_exit_code"),
+            "last_exit_text": "-" if exit_at is None else
+            f"{format_time_ago(exit_at, now)}，退出码 {child.get('last_exit_code')}"})
+    return {"state": state.get("state"),
+            "state_label": RUN_STATE_LABELS.get(state.get("state"), state.get("state") or "-"),
+            "pid": state.get("pid"),
+            "started_text": format_time_ago(parse_iso(state.get("started_at")), now),
+            "children": children}
 
 
 def format_text(report):
@@ -673,6 +718,13 @@ def format_text(report):
     if catalog.get("alarm"):
         lines.append(f"  alarm          {catalog['alarm']}")
     lines += calendar_lines(report.get("calendar") or {})
+    processes = report.get("processes")
+    if processes:
+        lines.append(f"tongban run {processes['state']} (pid {processes['pid']}, started "
+                     f"{processes['started_text']})")
+        for child in processes["children"]:
+            lines.append(f"  {child['name']:14} pid {child['pid'] or '-'}, "
+                         f"{child['restarts']} restarts, last exit {child['last_exit_text']}")
     if report["nodes"]:
         lines.append("nodes below:")
         for node in report["nodes"]:

@@ -26,10 +26,11 @@ after each, the link's row in ``sync_link`` (``shared.syncstatus``) says how it 
 import logging
 import random
 import threading
+import time
 import urllib.parse
 
 from shared import config as cfg
-from shared import errors, syncstatus
+from shared import errors, heartbeat, syncstatus
 from shared.clock import time as clock_time
 from syncd.peers import HttpPeer, LocalPeer
 from syncd.replicator import STAT_KEYS, replicate, replication_id
@@ -43,6 +44,8 @@ DEFAULTS = {key: value for key, value in cfg.DEFAULTS.items()
 
 #: A first sync larger than this many documents is logged as a warning.
 LARGE_SCOPE = 100_000
+#: Seconds between the progress lines of a first sync.
+PROGRESS_EVERY = 5.0
 
 #: Sessions each checkpoint keeps. Every round is a one-shot replication and so a new
 #: session; with CouchDB's 50, each checkpoint read and written (by every round, over the
@@ -226,6 +229,7 @@ class SyncDaemon:
         self.local = LocalPeer(store, name="local")
         self.table = syncstatus.LinkStatusTable(store.db)
         self.table.ensure()
+        heartbeat.ensure(store.db)
         self.links = self._build_links(rng)
         self.table.remove_except([link.name for link in self.links])
         self._wake = threading.Condition()
@@ -338,9 +342,13 @@ class SyncDaemon:
                     initial)
                 link.row["pending_pull"] = initial
 
+        said = [time.monotonic()]
+
         def progress(stats):
             seen.append(stats["last_seq"])
-            if initial:
+            # A line every few seconds, not one per batch (thousands on a first sync).
+            if initial and time.monotonic() - said[0] >= PROGRESS_EVERY:
+                said[0] = time.monotonic()
                 logger.info("initial sync over %s: %d of ~%d documents", link.name,
                             stats["docs_read"], initial)
 
@@ -483,6 +491,7 @@ class SyncDaemon:
                 at - self._last_heartbeat >= syncstatus.HEARTBEAT:
             self._last_heartbeat = at
             try:
+                heartbeat.beat(self.store.db, "syncd", at)  # for /healthz
                 self.table.touch([link.name for link in self.links], at)
             except Exception:
                 logger.exception("cannot record the heartbeat")

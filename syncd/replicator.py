@@ -16,8 +16,6 @@ import queue
 import threading
 import uuid
 
-from shared import errors
-
 logger = logging.getLogger(__name__)
 
 #: Version of our replication id scheme: hashed into the id and recorded in checkpoints,
@@ -306,7 +304,7 @@ class _Checkpointer:
             try:
                 self.revs[index] = peer.put_local(self.rep_id,
                                                   dict(body, _rev=self.revs[index]))
-            except errors.TongbanError as exc:  # PeerError, or the store's Conflict
+            except Exception as exc:  # raised below, once the other side is written too
                 failure = failure or exc
         if failure is not None:
             raise failure

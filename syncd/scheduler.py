@@ -1,10 +1,11 @@
 """The scheduler of ``tongban syncd``: every scheduled job of a node runs on APScheduler.
 
 Jobs: the periodic sync round (which only asks the daemon's trigger loop for a round, so
-that rounds never overlap) and the tier's jobs. A tier package may have a ``jobs``
-module with ``JOBS``, a list of ``(function, trigger)`` pairs where ``function`` is a
-plain ``job(now=None)`` and ``trigger`` the keyword arguments of ``add_job``
-(``{"trigger": "interval", "minutes": 5}``, ``{"trigger": "cron", "hour": 1}``).
+that rounds never overlap), every node's jobs (``shared.jobs.SHARED_JOBS``) and the
+tier's own: a tier package may have a ``jobs`` module with ``JOBS``. Each is a
+``(function, trigger)`` pair where ``function`` is a plain ``job(now=None)`` and
+``trigger`` the keyword arguments of ``add_job`` (``{"trigger": "interval", "minutes": 5}``,
+``{"trigger": "cron", "hour": 1}``).
 Jobs run inside the app context when the daemon was given the app.
 
 Nothing here starts at import or in the app factory: syncd calls ``start()``.
@@ -28,15 +29,18 @@ JOB_DEFAULTS = {
 
 
 def tier_jobs(tier):
-    """The ``(function, trigger)`` pairs of the tier's ``jobs`` module ([] without one)."""
+    """The ``(function, trigger)`` pairs a node of ``tier`` runs: every node's, then the
+    tier's own ``jobs`` module's."""
+    from shared.jobs import SHARED_JOBS
+
     name = f"{tier}.jobs"
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return []
-        raise
-    return list(getattr(module, "JOBS", []))
+        if exc.name != name:
+            raise
+        module = None
+    return [*SHARED_JOBS, *getattr(module, "JOBS", ())]
 
 
 def _in_app(app, function):

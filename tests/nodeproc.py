@@ -231,15 +231,16 @@ def update_config(node_dir, **settings):
     return config
 
 
-def start_serve(node_dir, *, port=None, env=None):
+def start_serve(node_dir, *, port=None, env=None, wrapper=None):
     """``tongban serve`` on an existing node directory, with ``env`` added to its
-    environment (``TONGBAN_CLOCK_SKEW_SECONDS``: a station whose clock is off)."""
+    environment (``TONGBAN_CLOCK_SKEW_SECONDS``: a station whose clock is off), run under
+    ``wrapper`` (a command prefix such as ``prlimit --fsize=N --``) when given."""
     node_dir = Path(node_dir)
     port = port or free_port()
     log_path = node_dir / f"serve-{port}.log"
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [*TONGBAN, "-v", "serve", str(node_dir), "--port", str(port)],
+        [*(wrapper or ()), *TONGBAN, "-v", "serve", str(node_dir), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     log.close()
     url = f"http://127.0.0.1:{port}"

@@ -39,7 +39,7 @@ def test_county_makes_the_region_keys_and_signs_its_own_entry(region):
     config = json.loads((county.node_dir / "tongban.json").read_text())
     key = identity.load_private_key(county.node_dir)
     assert config["COUNTY_PUBLIC_KEY"] == identity.b64(identity.public_key_bytes(key))
-    for name in (identity.KEY_FILE, identity.SECRETS_FILE):
+    for name in (identity.KEY_FILE, identity.SECRETS_FILE, "tongban.json"):
         assert stat.S_IMODE((county.node_dir / name).stat().st_mode) == 0o600
     assert len(identity.unb64(identity.load_secrets(county.node_dir)["region_key"])) == 32
     entries = registry_of(county.node_dir)

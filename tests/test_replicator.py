@@ -196,7 +196,6 @@ def test_a_checkpoint_whose_answer_was_lost_is_still_written_on_the_other_side(s
     source, target = stores("a"), stores("b")
     fill(source, 50)
     rep_id = replication_id(LocalPeer(source).identity(), LocalPeer(target).identity())
-    starts = []
     # Two runs in a row lose the answer to a checkpoint the source did write: the
     # target must hold the same checkpoint, or the next run would start from an older
     # session (CouchDB's history walk) and read again what the target already has.

@@ -674,6 +674,8 @@ def test_basic_accounts_see_their_scope(town, keys):
 def test_accounts_of_older_nodes_get_the_full_scope(tmp_path):
     path = tmp_path / "store.sqlite"
     conn = sqlite3.connect(path)
+    # A node's store from before account scopes (its own tables, and the old account table).
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute("CREATE TABLE account (id INTEGER PRIMARY KEY, username VARCHAR(255) "
                  "NOT NULL UNIQUE, password_hash TEXT NOT NULL, roles TEXT NOT NULL, "
                  "created DATETIME NOT NULL)")

@@ -164,4 +164,4 @@ def test_the_sweep_is_scheduled_at_every_tier():
     from syncd.scheduler import tier_jobs
 
     for tier in ("county", "township", "village"):
-        assert [f.__name__ for f, _ in tier_jobs(tier)] == ["sweep_job"]
+        assert [f.__name__ for f, _ in tier_jobs(tier)][:2] == ["sweep_job", "backup_job"]

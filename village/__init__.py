@@ -1,11 +1,9 @@
-"""What differs at the village tier: its settings and its blueprint."""
-
-from village import views
+"""What differs at the village tier: its settings, and in ``jobs`` what only a village
+schedules."""
 
 #: Settings this tier adds to or changes in the shared defaults.
 DEFAULTS = {"TIER": "village"}
 
 
 def init_app(app):
-    """Register this tier's blueprint."""
-    app.register_blueprint(views.bp)
+    """Nothing of its own: every page a village node serves is every node's."""

@@ -1,6 +1,7 @@
-"""Scheduled jobs of a village node: syncd runs ``JOBS`` on APScheduler (syncd/scheduler.py)."""
+"""What only a village schedules, besides every node's jobs (shared/jobs.py)."""
 
-from shared.cases.supervision import SWEEP_TRIGGER, sweep_job
+from shared.retention import RETENTION_TRIGGER, retention_job
 
-#: The yellow/red card sweep over the cases this node answers for.
-JOBS = [(sweep_job, SWEEP_TRIGGER)]
+#: Closed cases beyond RETENTION_DAYS leave this PC (a local purge; they stay at the
+#: township and the county, see shared/retention.py).
+JOBS = [(retention_job, RETENTION_TRIGGER)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from shared import clock
 from shared import casedocs, errors, identity, registry
+from shared import config as cfg
 from shared.cases import fold as F
 from shared.cases import blobs, idnumbers, personal, scans
 from shared.cases.index import item_id_of, licences_of, read_case, state_of
@@ -33,7 +34,7 @@ DEFICIENCY_DAYS = 5
 POSTCHECK_DAYS = 20
 #: Scans older than this (days) are not offered again (history reuse).
 REUSE_DAYS = 365
-TIER_OF_LENGTH = {6: "county", 9: "township", 12: "village"}
+TIER_OF_LENGTH = cfg.TIER_BY_LENGTH
 DECISIONS = ("accept", "notice", "deficiency", "commitment")
 
 
@@ -239,9 +240,9 @@ class CaseDesk:
         """
         origin = origin or self.node
         chain = registry.ancestors(self.db, origin)  # origin first, the county last
-        county = next((c for c in chain if len(c) == 6), origin[:6])
-        township = next((c for c in chain if len(c) == 9), origin[:9] if len(origin) >= 9
-                        else None)
+        county = next((c for c in chain if cfg.tier_of(c) == "county"), origin[:6])
+        township = next((c for c in chain if cfg.tier_of(c) == "township"),
+                        origin[:9] if len(origin) >= 9 else None)
         if item.get("decide_tier") == "township":
             return [township or county]
         if item.get("one_level") or township is None:

@@ -16,6 +16,7 @@ Working-day arithmetic is :mod:`shared.workdays`' (see :func:`due_date`).
 
 import datetime
 
+from shared import config as cfg
 from shared.casedocs import CHINA_TIME, events_in_order, party_codes
 from shared.hlc import parse_hlc
 from shared.workdays import Due
@@ -501,7 +502,7 @@ def _commitment_checked(state, event):
 
 def _joined(state, event):
     """Handle anywhere: only the county answers a look-up, so only it joins a station."""
-    _require(len(event.get("node") or "") == 6, "只有县级节点答复通办查询时才能接入站点")
+    _require(cfg.tier_of(event.get("node")) == "county", "只有县级节点答复通办查询时才能接入站点")
     _require(len(event.get("parties") or ()) == 1, "接入事件须指明一个站点")
 
 

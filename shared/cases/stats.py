@@ -41,6 +41,7 @@ import json
 import logging
 
 from shared import clock
+from shared import config as cfg
 from shared.cases import fold as F
 from shared.hlc import parse_hlc
 from shared.workdays import WorkCalendar, as_date, calendar_from_db
@@ -619,7 +620,7 @@ def _sum_rows(db, table, group, period, area):
     where, params = [f"bucket IN ({marks})"], list(period)
     if area:
         column = "node" if table == "stats_node" else "area"
-        if column == "area" and len(area) == 9:
+        if column == "area" and cfg.tier_of(area) == "township":
             where.append("area = ?")
             params.append(area)
         else:
@@ -734,7 +735,7 @@ def trend(db, area, since, until, today, weeks=26):
     names = ", ".join(f"SUM({c})" for c in COUNTERS)
     where, params = ["week >= ? AND week <= ?"], [start.isoformat(), end.isoformat()]
     if area:
-        if len(area) == 9:
+        if cfg.tier_of(area) == "township":
             where.append("area = ?")
             params.append(area)
         else:

@@ -70,7 +70,7 @@ def sweep(desk, today=None, yellow_days=DEFAULT_YELLOW_DAYS):
     """Card the cases this node answers for; returns ``[(number, colour)]`` issued."""
     today = china_today(today)
     node = desk.node
-    county = len(node) == 6
+    county = cfg.tier_of(node) == "county"
     horizon = (today + datetime.timedelta(days=HORIZON_DAYS)).isoformat()
     where = "status = ? AND due IS NOT NULL AND due <= ?"
     params = [F.HANDLING, horizon]
@@ -114,7 +114,7 @@ def sweep_job(now=None):
                                                              DEFAULT_YELLOW_DAYS)))
 
 
-#: Every tier's jobs module schedules this (``JOBS`` of county/township/village.jobs).
+#: Every node schedules this (``shared.jobs.SHARED_JOBS``).
 SWEEP_TRIGGER = {"trigger": "interval", "minutes": 10}
 
 

@@ -14,13 +14,15 @@ release signs the canonical text of each item).
 import re
 from dataclasses import dataclass
 
+from shared import config as cfg
+
 ITEM_TYPES = {  # GB/T 39046-2020 附录 A.1
     "01": "行政许可", "02": "行政处罚", "03": "行政强制", "04": "行政征收", "05": "行政给付",
     "06": "行政检查", "07": "行政确认", "08": "行政奖励", "09": "行政裁决",
     "10": "其他行政权力", "20": "公共服务",
 }
 LEVELS = ("国家级", "省级", "市级", "县级", "镇级", "村级")
-TIERS = {"village": "村级", "township": "镇级", "county": "县级"}
+TIERS = {tier: cfg.TIER_NAMES[tier] for tier in ("village", "township", "county")}
 HANDLING_TYPES = ("即办件", "承诺件")
 TIME_UNITS = ("工作日", "自然日")
 ONLINE_DEPTHS = ("Ⅰ级", "Ⅱ级", "Ⅲ级", "Ⅳ级")

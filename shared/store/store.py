@@ -14,6 +14,7 @@ import uuid
 
 from shared import clock, errors
 from shared.db import open_database
+from shared.store import failures, schema
 from shared.store import revs as R
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,13 @@ class Store:
         self._waiting = 0  # changes-feed waiters (longpolls) on this store
         self._poller = None
         with self.db.atomic():
+            new = self.db.execute_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = 'document'").fetchone() is None
             for statement in SCHEMA:
                 self.db.execute_sql(statement)
+            if new and not self.db.execute_sql("PRAGMA user_version").fetchone()[0]:
+                # Made by this code: at the current schema version (shared/store/schema.py).
+                self.db.execute_sql(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
             self._meta_default("revs_limit", str(revs_limit))
             self._meta_default("update_seq", "0")
             self._meta_default("uuid", uuid.uuid4().hex)
@@ -268,7 +274,7 @@ class Store:
             raise errors.BadRequest("revs_limit must be a positive integer")
         if limit > MAX_REVS_LIMIT:
             raise errors.BadRequest(f"revs_limit must be at most {MAX_REVS_LIMIT}")
-        with self.db.atomic():
+        with failures.guarded("a revs_limit change"), self.db.atomic():
             self.set_meta("revs_limit", limit)
         self._revs_limit = limit
 
@@ -768,7 +774,7 @@ class Store:
                     raise
                 prepared.append((doc, exc))
         results = [None] * len(prepared)
-        with self.db.atomic():
+        with failures.guarded("a document write"), self.db.atomic():
             seq = self.update_seq()
             # Read inside the write lock: another process may have changed it.
             limit = self._revs_limit = int(self.meta("revs_limit"))
@@ -980,7 +986,7 @@ class Store:
             self.delete_local(local_id, owner=owner)
             return "0-0"
         rev = previous + 1
-        with self.db.atomic():
+        with failures.guarded("a _local document write"), self.db.atomic():
             self.db.execute_sql(
                 "INSERT OR REPLACE INTO local_doc (owner, id, rev, body) VALUES (?, ?, ?, ?)",
                 (owner, local_id, rev, body_json))
@@ -988,7 +994,7 @@ class Store:
 
     def delete_local(self, local_id, *, owner=LOCAL_OPERATOR):
         """Remove ``_local/{local_id}`` of ``owner``; raises NotFound when absent."""
-        with self.db.atomic():
+        with failures.guarded("a _local document removal"), self.db.atomic():
             cursor = self.db.execute_sql(
                 "DELETE FROM local_doc WHERE owner = ? AND id = ?", (owner, local_id))
             if cursor.rowcount == 0:
@@ -999,6 +1005,45 @@ class Store:
     def doc_count(self):
         """Number of live documents."""
         return self.db.execute_sql("SELECT COUNT(*) FROM document WHERE deleted = 0").fetchone()[0]
+
+    # -- purge (retention; added by the recovery work) ------------------------------------
+
+    def purge(self, doc_ids, *, also=None):
+        """Remove ``doc_ids`` and every revision of theirs from this store only.
+
+        As CouchDB's ``_purge``: no tombstone is written and the sequence does not move, so
+        nothing of it replicates; peers keep their copies, and this store receives a purged
+        document again only when a new revision of it appears on a peer's feed after the
+        checkpoint. In one transaction with it, every projection is told each purged
+        document is gone (``apply`` with None) and ``also(db, purged_ids)`` runs (for the
+        query tables that do not drop a row on a missing document). ``purge_seq`` in the
+        meta table counts the documents purged.
+
+        :returns: the ids among ``doc_ids`` that were held (and are purged now).
+        """
+        wanted = _dumps(list(dict.fromkeys(doc_ids)))
+        with failures.guarded("a purge"), self.db.atomic():
+            conn = self.db.connection()
+            held = [row[0] for row in conn.execute(
+                "SELECT id FROM document WHERE id IN (SELECT value FROM json_each(?))",
+                (wanted,)).fetchall()]
+            if not held:
+                return []
+            listed = _dumps(held)
+            conn.execute("DELETE FROM revision WHERE doc_id IN "
+                         "(SELECT value FROM json_each(?))", (listed,))
+            conn.execute("DELETE FROM document WHERE id IN (SELECT value FROM json_each(?))",
+                         (listed,))
+            gone = [(doc_id, None) for doc_id in held]
+            for projection in self.projections:
+                projection.apply(self.db, gone)
+            if also is not None:
+                also(self.db, held)
+            self._meta_default("purge_seq", "0")
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
+                         "WHERE key = 'purge_seq'", (len(held),))
+        logger.info("purged %d documents from %s", len(held), self.path)
+        return held
 
 
 _ERROR_CLASSES = {cls.error: cls for cls in (

@@ -24,7 +24,7 @@ def status_page():
     report = status_report(store, current_app.config)
     if not staff:
         # Not even handed to the template: nothing of it can reach the public page.
-        report = dict(report, nodes=[], has_nodes=bool(report["nodes"]))
+        report = dict(report, nodes=[], has_nodes=bool(report["nodes"]), processes=None)
     return render_template("sync.html", r=report,
                            tier_name=TIER_NAMES[current_app.config["TIER"]],
                            name=current_app.config.get("NODE_NAME") or
