@@ -39,6 +39,8 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "playwright>=1.45",
+            # The linter .ci/run runs (settings in pyproject.toml).
+            "ruff>=0.5",
         ],
     },
     entry_points={"console_scripts": ["tongban = shared.cli:main"]},

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cases import bench_accept, percentile  # noqa: E402
 import requests  # noqa: E402
 
+from bench.cases import bench_accept, percentile  # noqa: E402
 from bench.replication import ROOT, machine  # noqa: E402
 from shared import db as dbmod  # noqa: E402
 from syncd.peers import HttpPeer  # noqa: E402

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from replication import machine  # noqa: E402
+
 from shared import config as cfg  # noqa: E402
 from shared.app import open_store  # noqa: E402
 from shared.cases import idnumbers  # noqa: E402

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from region_build import (assign_hosts, build_region, host_count,  # noqa: E402
-                          plan_region, spec_dicts)
+from region_build import assign_hosts, build_region, host_count, plan_region, spec_dicts  # noqa: E402
 from region_host import host_main  # noqa: E402
 from replication import machine  # noqa: E402
+
 from shared.demo import TONGBAN  # noqa: E402
 from tests.nodeproc import free_port, wait_for_http  # noqa: E402
 

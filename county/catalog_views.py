@@ -11,16 +11,24 @@ import difflib
 import logging
 import re
 
-from flask import (Blueprint, current_app, flash, g, redirect, render_template, request,
-                   url_for)
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
 from shared import clock, errors, identity
 from shared.catalog import active, publish, schema
-from shared.catalog.forms import (KIND_FIELDS, changed_fields, choice_name, display_rows,
-                                  display_value, errors_by_field, form_values, parse_form,
-                                  submitted_values, table_hint)
 from shared.catalog.flowchart import flowchart_svg
+from shared.catalog.forms import (
+    KIND_FIELDS,
+    changed_fields,
+    choice_name,
+    display_rows,
+    display_value,
+    errors_by_field,
+    form_values,
+    parse_form,
+    submitted_values,
+    table_hint,
+)
 from shared.catalog.qr import qr_svg
 from shared.staff import message_page, staff_required
 from shared.views import catalog as guide_pages

@@ -8,13 +8,13 @@ from flask import Flask
 from shared import config as cfg
 from shared import db as dbmod
 from shared import syncstatus
-from shared.errors import ConfigurationError
-from shared.models import MODELS, migrate
-from shared.catalog import publish
 from shared.cases.index import CaseIndex
+from shared.catalog import publish
 from shared.catalog.active import CatalogActivation, trusted_keys
+from shared.errors import ConfigurationError
 from shared.hlc import ClockObserver
 from shared.lookup import CaseApplicants
+from shared.models import MODELS, migrate
 from shared.registry import NodeRegistry
 from shared.scopes import CaseParties, NodePolicy
 from shared.store import failures, schema
@@ -122,8 +122,7 @@ def create_app(config=None, node_dir=None):
     app.after_request(syncstatus.note_contact)
 
     from shared import couch, nodeapi, staff
-    from shared.views import (appointments, cases, catalog, dashboard, health, home,
-                              progress, sync)
+    from shared.views import appointments, cases, catalog, dashboard, health, home, progress, sync
 
     # Every node serves /db under the scopes; a test may replace the policy afterwards.
     app.extensions["couch_policy"] = NodePolicy(app.extensions["store"])

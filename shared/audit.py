@@ -26,8 +26,7 @@ from typing import NamedTuple
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared import clock
-from shared import errors, identity
+from shared import clock, errors, identity
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 
 from werkzeug.exceptions import TooManyRequests
 
-from shared import errors
-from shared import models
+from shared import errors, models
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import datetime
 import re
 
 from shared import errors
-from shared.clock import BEIJING
 from shared.cases import scans
+from shared.clock import BEIJING
 from shared.config import TIER_BY_LENGTH
 from shared.hlc import format_hlc, parse_hlc
 

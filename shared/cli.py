@@ -12,9 +12,8 @@ from pathlib import Path
 
 import click
 
-from shared import clock
+from shared import clock, identity
 from shared import config as cfg
-from shared import identity
 from shared.errors import EXIT_UNUSABLE, ConfigurationError
 
 logger = logging.getLogger("tongban")

@@ -20,9 +20,8 @@ import logging
 import os
 from collections import namedtuple
 
-from shared import clock
+from shared import clock, errors, identity
 from shared import config as cfg
-from shared import errors, identity
 
 logger = logging.getLogger(__name__)
 

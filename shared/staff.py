@@ -23,15 +23,23 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from flask import (Blueprint, current_app, g, has_request_context, redirect, render_template,
-                   render_template_string, request, url_for)
+from flask import (
+    Blueprint,
+    current_app,
+    g,
+    has_request_context,
+    redirect,
+    render_template,
+    render_template_string,
+    request,
+    url_for,
+)
 from itsdangerous import BadSignature, URLSafeSerializer
 from markupsafe import Markup, escape
 from peewee import CharField, DateTimeField, IntegerField
 
-from shared import clock
+from shared import clock, models
 from shared import config as cfg
-from shared import models
 from shared.db import database
 from shared.errors import ConfigurationError, TongbanError
 

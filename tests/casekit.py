@@ -12,8 +12,8 @@ from shared import clock, identity, registry
 from shared.casedocs import CHINA_TIME
 from shared.cases import idnumbers
 from shared.cases.blobs import BlobStore
-from shared.cases.scans import scan_key
 from shared.cases.desk import Actor, ApplicantInput, CaseDesk
+from shared.cases.scans import scan_key
 from shared.catalog import publish, sample
 from shared.hlc import ClockObserver, NodeClock
 from shared.workdays import WorkCalendar, calendar_from_db

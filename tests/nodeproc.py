@@ -8,8 +8,8 @@ import atexit
 import json
 import logging
 import os
-import re
 import random
+import re
 import shutil
 import socket
 import subprocess

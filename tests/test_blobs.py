@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from shared.cases.blobs import (MAX_BLOB_BYTES, Blob, BlobCorrupt, BlobRefused, BlobStore)
+from shared.cases.blobs import MAX_BLOB_BYTES, Blob, BlobCorrupt, BlobRefused, BlobStore
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"scan of an ID card" * 10
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"household register" * 10

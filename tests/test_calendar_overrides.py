@@ -9,8 +9,9 @@ import pytest
 
 from shared import clock, identity
 from shared.casedocs import CHINA_TIME
-from shared.catalog import active, publish, release as rel, schema
+from shared.catalog import active, publish, schema
 from shared.catalog import calendar as cal
+from shared.catalog import release as rel
 from shared.catalog.sample import sample_catalog
 from shared.workdays import calendar_from_db, package_years
 from tests.casekit import TOWNSHIP, VILLAGE_A, Kit, applicant, clerk, full_materials

@@ -21,8 +21,16 @@ from shared.catalog.qr import qr_svg
 from shared.lookup import OFFLINE_MESSAGE
 from shared.views import cases
 from tests import casekit
-from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
-                           VILLAGE_B)
+from tests.casekit import (
+    AGENT,
+    CITIZEN,
+    COUNTY,
+    OTHER_TOWNSHIP,
+    PDF,
+    TOWNSHIP,
+    VILLAGE_A,
+    VILLAGE_B,
+)
 from tests.conftest import add_account, form_token, make_app, staff_login
 
 PASSWORD = "pages-pw-123"

@@ -11,9 +11,22 @@ from shared.cases import fold as F
 from shared.cases.desk import CaseError
 from shared.cases.index import licences_of
 from shared.cases.worklist import queue
-from tests.casekit import (AGENT, CITIZEN, COUNTY, OTHER_TOWNSHIP, PDF, TOWNSHIP, VILLAGE_A,
-                           VILLAGE_B, Kit,
-                           applicant, approver, clerk, full_materials, upload)
+from tests.casekit import (
+    AGENT,
+    CITIZEN,
+    COUNTY,
+    OTHER_TOWNSHIP,
+    PDF,
+    TOWNSHIP,
+    VILLAGE_A,
+    VILLAGE_B,
+    Kit,
+    applicant,
+    approver,
+    clerk,
+    full_materials,
+    upload,
+)
 
 
 @pytest.fixture

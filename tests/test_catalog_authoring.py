@@ -9,9 +9,9 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from county import catalog_views
-from shared.catalog.forms import display_value, form_values, parse_form
 from shared import staff
 from shared.catalog import active, publish, schema
+from shared.catalog.forms import display_value, form_values, parse_form
 from shared.catalog.sample import sample_catalog
 from tests.conftest import add_account, form_token, make_county, staff_login
 

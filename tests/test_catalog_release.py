@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from shared import casedocs, identity
-from shared.catalog import active, publish, release as rel, schema, transfer
+from shared.catalog import active, publish, schema, transfer
+from shared.catalog import release as rel
 from shared.catalog.sample import sample_catalog
 from shared.cli import main
 from syncd.peers import LocalPeer

@@ -17,7 +17,8 @@ import requests
 from shared import config as cfg
 from shared import identity
 from shared.app import open_store
-from shared.catalog import active, publish, release as rel
+from shared.catalog import active, publish
+from shared.catalog import release as rel
 from shared.catalog.sample import sample_catalog
 from shared.models import Account, hash_password
 from tests import nodeproc

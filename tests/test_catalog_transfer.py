@@ -10,8 +10,14 @@ from openpyxl import load_workbook
 
 from shared.catalog.sample import sample_catalog
 from shared.catalog.schema import CatalogInvalid
-from shared.catalog.transfer import (read_catalog_file, read_json, read_xlsx,
-                                     write_catalog_file, write_json, write_xlsx)
+from shared.catalog.transfer import (
+    read_catalog_file,
+    read_json,
+    read_xlsx,
+    write_catalog_file,
+    write_json,
+    write_xlsx,
+)
 
 SHEET_TITLES = ["事项", "申请材料", "办理流程", "收费项目", "中介服务", "中介机构"]
 

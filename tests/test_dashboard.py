@@ -18,9 +18,9 @@ import pytest
 from openpyxl import load_workbook
 
 from shared.cases import fold as F
-from shared.catalog import publish
 from shared.cases import idnumbers, stats
 from shared.cases.index import COLUMNS
+from shared.catalog import publish
 from shared.views import dashboard
 from shared.workdays import WorkCalendar
 from tests import casekit

@@ -17,8 +17,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared import casedocs, errors
-from shared.hlc import (HLC, MAX_COUNTER, MAX_MS, SKEW_ENV, ClockObserver, NodeClock,
-                        Timestamp, format_hlc, parse_hlc, wall_clock_from_env)
+from shared.hlc import (
+    HLC,
+    MAX_COUNTER,
+    MAX_MS,
+    SKEW_ENV,
+    ClockObserver,
+    NodeClock,
+    Timestamp,
+    format_hlc,
+    parse_hlc,
+    wall_clock_from_env,
+)
 from shared.store.store import Store
 from syncd.peers import LocalPeer
 from syncd.replicator import replicate

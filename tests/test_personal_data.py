@@ -14,8 +14,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from shared import audit, identity
 from shared.cases import personal
 from shared.cases.idnumbers import (
-    IdNumberInvalid, check_applicant_number, check_credit_code, check_resident_id,
-    make_credit_code, make_resident_id)
+    IdNumberInvalid,
+    check_applicant_number,
+    check_credit_code,
+    check_resident_id,
+    make_credit_code,
+    make_resident_id,
+)
 from shared.db import open_database
 from shared.errors import ConfigurationError
 from tests.nodeproc import tongban

@@ -10,8 +10,13 @@ import requests
 
 from shared import errors
 from syncd.peers import HttpPeer, LocalPeer, peer_from_string
-from syncd.replicator import (HISTORY_LIMIT, build_checkpoint, compare_replication_logs,
-                              replicate, replication_id)
+from syncd.replicator import (
+    HISTORY_LIMIT,
+    build_checkpoint,
+    compare_replication_logs,
+    replicate,
+    replication_id,
+)
 from tests import nodeproc
 
 

@@ -5,9 +5,9 @@ with real processes: a county and a township enrolled under it, each run by ``to
 import json
 import os
 import re
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import threading

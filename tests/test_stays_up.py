@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import auth, config as cfg, errors
+from shared import auth, errors
+from shared import config as cfg
 from tests import nodeproc
 from tests.nodeproc import eventually
 

@@ -14,8 +14,16 @@ from shared.cases import fold as F
 from shared.cases import supervision
 from shared.cases.desk import CaseError
 from shared.workdays import WorkCalendar
-from tests.casekit import (COUNTY, TOWNSHIP, VILLAGE_A, Kit, applicant, approver, clerk,
-                           full_materials)
+from tests.casekit import (
+    COUNTY,
+    TOWNSHIP,
+    VILLAGE_A,
+    Kit,
+    applicant,
+    approver,
+    clerk,
+    full_materials,
+)
 
 D = datetime.date
 #: 就业困难人员认定: promised 5 working days, decided by the county after township review.

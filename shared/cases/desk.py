@@ -17,11 +17,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from shared import clock
-from shared import casedocs, errors, identity, registry
+from shared import casedocs, clock, errors, identity, registry
 from shared import config as cfg
-from shared.cases import fold as F
 from shared.cases import blobs, idnumbers, personal, scans
+from shared.cases import fold as F
 from shared.cases.index import item_id_of, licences_of, read_case, state_of
 from shared.catalog import active, schema
 from shared.hlc import NodeClock

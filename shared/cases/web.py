@@ -10,8 +10,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from shared import clock
-from shared import errors, registry
+from shared import clock, errors, registry
 from shared.cases.blobs import BlobStore
 from shared.cases.desk import Actor, CaseDesk, CasesUnavailable
 from shared.cases.scans import scan_key

@@ -25,8 +25,7 @@ import logging
 import time
 import weakref
 
-from shared import clock
-from shared import errors
+from shared import clock, errors
 from shared.catalog import calendar as cal
 from shared.catalog import release as rel
 from shared.store import revs as R

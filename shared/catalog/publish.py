@@ -17,12 +17,12 @@ import functools
 import json
 import logging
 
-from peewee import fn, AutoField, CharField, FloatField, IntegerField, TextField
+from peewee import AutoField, CharField, FloatField, IntegerField, TextField, fn
 
-from shared import clock
-from shared import errors
-from shared.catalog import active, release as rel, schema
+from shared import clock, errors
+from shared.catalog import active, schema
 from shared.catalog import calendar as cal
+from shared.catalog import release as rel
 from shared.models import Account, BaseModel
 
 logger = logging.getLogger(__name__)

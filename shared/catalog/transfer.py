@@ -22,9 +22,18 @@ from openpyxl.utils import get_column_letter
 from openpyxl.utils.exceptions import IllegalCharacterError
 from openpyxl.worksheet.datavalidation import DataValidation
 
-from shared.catalog.schema import (AGENCY_FIELDS, FEE_FIELDS, FIELD_BY_KEY, INTERMEDIARY_FIELDS,
-                                   ITEM_FIELDS, MATERIAL_FIELDS, STEP_FIELDS, CatalogInvalid,
-                                   FieldError, validate_catalog)
+from shared.catalog.schema import (
+    AGENCY_FIELDS,
+    FEE_FIELDS,
+    FIELD_BY_KEY,
+    INTERMEDIARY_FIELDS,
+    ITEM_FIELDS,
+    MATERIAL_FIELDS,
+    STEP_FIELDS,
+    CatalogInvalid,
+    FieldError,
+    validate_catalog,
+)
 
 logger = logging.getLogger(__name__)
 

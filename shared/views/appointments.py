@@ -21,10 +21,19 @@ from shared.cases import personal, web
 from shared.cases.desk import CaseError
 from shared.catalog import active
 from shared.staff import current_staff, staff_required
-from shared.views.progress import (BOOK_PER_ADDRESS, client_address, create_throttle_table,
-                                   form_token_required, init_template_helpers, minutes,
-                                   proof_matches, throttle_note, throttle_wait, throttled,
-                                   wire_public)
+from shared.views.progress import (
+    BOOK_PER_ADDRESS,
+    client_address,
+    create_throttle_table,
+    form_token_required,
+    init_template_helpers,
+    minutes,
+    proof_matches,
+    throttle_note,
+    throttle_wait,
+    throttled,
+    wire_public,
+)
 
 logger = logging.getLogger(__name__)
 

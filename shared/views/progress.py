@@ -28,15 +28,14 @@ import secrets
 import unicodedata
 from typing import NamedTuple
 
-from flask import (Blueprint, current_app, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from markupsafe import Markup, escape
 
-from shared import clock
-from shared import casedocs, errors, registry
+from shared import casedocs, clock, errors, registry
 from shared.cases import fold as F
 from shared.cases import idnumbers, personal, web
-from shared.cases.blobs import MAX_BLOB_BYTES, MIB, BlobRefused, check as check_blob
+from shared.cases.blobs import MAX_BLOB_BYTES, MIB, BlobRefused
+from shared.cases.blobs import check as check_blob
 from shared.cases.desk import ApplicantInput, CaseError
 from shared.catalog import active
 from shared.staff import message_page

@@ -8,16 +8,33 @@ from flask import current_app, redirect, render_template, request, url_for
 
 from shared.cases import blobs as blobmod
 from shared.cases import fold as F
-from shared.cases import index
-from shared.cases import personal
-from shared.cases import web
+from shared.cases import index, personal, web
 from shared.cases.desk import CaseError
 from shared.staff import current_staff, message_page, staff_required
-from shared.views.cases.common import (ACTIONS, _audit_detail, bp, _carried_card, CASE_ROLES,
-                                       _days_left, _deadlines, DECISION_ACTIONS, DONE_MESSAGES,
-                                       _due, _int_or_none, _item_or_none, _load, _node, NOT_NOW,
-                                       OTHER_STOP, _read_uploads, SCAN_TYPES, _SHA, _stations,
-                                       _text, _today)
+from shared.views.cases.common import (
+    _SHA,
+    ACTIONS,
+    CASE_ROLES,
+    DECISION_ACTIONS,
+    DONE_MESSAGES,
+    NOT_NOW,
+    OTHER_STOP,
+    SCAN_TYPES,
+    _audit_detail,
+    _carried_card,
+    _days_left,
+    _deadlines,
+    _due,
+    _int_or_none,
+    _item_or_none,
+    _load,
+    _node,
+    _read_uploads,
+    _stations,
+    _text,
+    _today,
+    bp,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ stored, so a refused file leaves nothing behind.
 import logging
 import re
 
-from flask import (Blueprint, abort, current_app, request)
+from flask import Blueprint, abort, current_app, request
 
 from shared import registry
 from shared.cases import blobs as blobmod

@@ -6,7 +6,7 @@ from shared.cases import index, web
 from shared.cases.desk import CaseError
 from shared.catalog import active
 from shared.staff import current_staff, staff_required
-from shared.views.cases.common import bp, CASE_ROLES, _db, _text
+from shared.views.cases.common import CASE_ROLES, _db, _text, bp
 
 
 def _found_rows(cases):

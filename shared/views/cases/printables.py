@@ -9,8 +9,17 @@ from shared.cases import web
 from shared.catalog.qr import qr_svg
 from shared.staff import current_staff, message_page, staff_required
 from shared.views.cases.case import _materials_view
-from shared.views.cases.common import (_audit_detail, bp, CASE_ROLES, _deadlines, _due, _hlc_date,
-                                       _item_or_none, _load, RECEIVED)
+from shared.views.cases.common import (
+    CASE_ROLES,
+    RECEIVED,
+    _audit_detail,
+    _deadlines,
+    _due,
+    _hlc_date,
+    _item_or_none,
+    _load,
+    bp,
+)
 
 
 def _accepted_by(state):

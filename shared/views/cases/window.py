@@ -5,14 +5,24 @@ from flask import redirect, render_template, request, url_for
 
 from shared.cases import blobs as blobmod
 from shared.cases import fold as F
-from shared.cases import index
-from shared.cases import web
-from shared.cases.desk import ApplicantInput, CaseError, TIER_OF_LENGTH
+from shared.cases import index, web
+from shared.cases.desk import TIER_OF_LENGTH, ApplicantInput, CaseError
 from shared.catalog import active, schema
 from shared.staff import current_staff, message_page, staff_required
-from shared.views.cases.common import (_audit_detail, bp, _db, DECISION_NAMES, _load, MAX_QUERY,
-                                       _node, _read_uploads, _shas, _stations, _text,
-                                       WINDOW_STATUSES)
+from shared.views.cases.common import (
+    DECISION_NAMES,
+    MAX_QUERY,
+    WINDOW_STATUSES,
+    _audit_detail,
+    _db,
+    _load,
+    _node,
+    _read_uploads,
+    _shas,
+    _stations,
+    _text,
+    bp,
+)
 
 
 def _check_tier(item):

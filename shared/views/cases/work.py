@@ -7,7 +7,7 @@ from shared.cases import fold as F
 from shared.cases import worklist as lists
 from shared.cases.desk import TIER_OF_LENGTH
 from shared.staff import current_staff, staff_required
-from shared.views.cases.common import bp, _calendar, _days_left, _db, _node, _provisional, _today
+from shared.views.cases.common import _calendar, _days_left, _db, _node, _provisional, _today, bp
 
 
 def _decorate(rows, calendar, today, ignored):
