@@ -48,6 +48,7 @@ import shared
 from shared import audit, clock, identity
 from shared import config as cfg
 from shared.errors import ConfigurationError
+from shared.store import reads
 
 logger = logging.getLogger(__name__)
 
@@ -213,20 +214,10 @@ def _snapshot(config, target):
 
 
 def _store_figures(path):
-    """``(doc_count, update_seq)`` of the store file at ``path``, read only.
-
-    Not through ``Store``: opening one may upgrade an older schema, and a backup (made
-    before an upgrade, or of an older release's store) must hold the store as it was.
-    The queries are ``Store.doc_count`` and ``Store.update_seq``.
-    """
-    connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        doc_count = connection.execute(
-            "SELECT COUNT(*) FROM document WHERE deleted = 0").fetchone()[0]
-        row = connection.execute("SELECT value FROM meta WHERE key = 'update_seq'").fetchone()
-    finally:
-        connection.close()
-    return doc_count, int(row[0]) if row else 0
+    """``(doc_count, update_seq)`` of the store file at ``path``, read only: not through
+    ``Store``, since opening one may upgrade an older schema, and a backup (made before an
+    upgrade, or of an older release's store) must hold the store as it was."""
+    return reads.file_counts(path)
 
 
 def _audit_state(path, head_file, key_files):

@@ -22,6 +22,7 @@ import time
 
 from shared import casedocs, errors
 from shared.cases import fold as F
+from shared.store import reads
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,7 @@ def seed_case_numbers(db, node_code):
     prefix = f"case:{node_code}-"
     highest = {}
     # '.' is the character after '-': this range is exactly the node's own case headers.
-    for (doc_id,) in db.execute_sql(
-            "SELECT id FROM document WHERE id > ? AND id < ?",
-            (prefix, prefix[:-1] + ".")).fetchall():
+    for doc_id in reads.ids_with_prefix(db, prefix):
         try:
             origin, day, seq = casedocs.parse_case_number(doc_id[len("case:"):])
         except errors.TongbanError:
@@ -60,8 +59,7 @@ def summary(db, node_code):
         "SELECT status, COUNT(*) FROM case_state GROUP BY status").fetchall())
     open_cases = sum(count for status, count in statuses.items()
                      if status in F.OPEN_STATUSES)
-    scans = db.execute_sql("SELECT COUNT(*) FROM document WHERE id > 'scan:' AND "
-                           "id < 'scan;' AND deleted = 0").fetchone()[0]
+    scans = reads.count_with_prefix(db, "scan:")
     nodes = db.execute_sql("SELECT COUNT(*) FROM node_registry").fetchone()[0]
     active = (catalog_status(db) or {}).get("active") or {}
     return {"cases": sum(statuses.values()), "open": open_cases,

@@ -29,6 +29,7 @@ from flask import current_app
 from shared import clock, errors
 from shared.cases import fold as F
 from shared.scopes import case_documents
+from shared.store import reads
 
 logger = logging.getLogger(__name__)
 
@@ -90,24 +91,13 @@ def returned_orphans(db):
         "WHERE s.number = p.number)").fetchall() if case_documents(db, number)]
 
 
-def _leaf_revs(db, doc_ids):
-    """``{doc_id: [leaf revs]}`` of documents held here."""
-    found = {}
-    rows = db.execute_sql(
-        "SELECT id, rev, leaves FROM document WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps(doc_ids),)).fetchall()
-    for doc_id, rev, leaves in rows:
-        found[doc_id] = json.loads(leaves) if leaves else [rev]
-    return found
-
-
 def confirmed_by_parent(app, docs_by_case):
     """The cases of ``docs_by_case`` (``{number: [doc ids]}``) whose every revision the
     parent holds; raises ``PeerError`` when the parent cannot be asked."""
     from shared import nodeapi
 
     db = app.extensions["store"].db
-    wanted = _leaf_revs(db, [d for ids in docs_by_case.values() for d in ids])
+    wanted = reads.leaf_revs(db, [d for ids in docs_by_case.values() for d in ids])
     missing = set()
     client = nodeapi.parent_client(app, timeout=60.0)
     try:

@@ -40,6 +40,7 @@ from flask import g, has_request_context
 
 from shared import auth, casedocs, errors, identity, registry
 from shared.models import FULL_SCOPE
+from shared.store import reads
 from shared.store import revs as R
 
 logger = logging.getLogger(__name__)
@@ -157,14 +158,11 @@ class CaseParties:
 def case_documents(db, number):
     """Ids of the documents of case ``number`` held here: its header, then its events."""
     header = CASE_PREFIX + number
-    ids = [row[0] for row in db.execute_sql(
-        "SELECT id FROM document WHERE id = ?", (header,)).fetchall()]
-    # Event ids are "event:<number>:…"; ';' is the character after ':', so this range is
-    # exactly the case's events, read from the primary key's index.
+    ids = [header] if reads.exists(db, header) else []
+    # Event ids are "event:<number>:…": the prefix's range is exactly the case's events,
+    # read from the primary key's index; the same for its scans.
     for prefix in (f"{EVENT_PREFIX}{number}:", f"{SCAN_PREFIX}{number}:"):
-        ids += [row[0] for row in db.execute_sql(
-            "SELECT id FROM document WHERE id > ? AND id < ? ORDER BY id",
-            (prefix, prefix[:-1] + ";")).fetchall()]
+        ids += reads.ids_with_prefix(db, prefix)
     return ids
 
 
@@ -421,9 +419,7 @@ class Scope:
     def _case_known(self, number):
         if number in self._headers:
             return True
-        row = self.db.execute_sql("SELECT deleted FROM document WHERE id = ?",
-                                  (CASE_PREFIX + number,)).fetchone()
-        return row is not None and not row[0]
+        return reads.is_live(self.db, CASE_PREFIX + number)
 
     @staticmethod
     def _check_immutable(doc, state, new_edits):

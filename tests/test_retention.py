@@ -11,6 +11,7 @@ import datetime
 import pytest
 
 from shared import retention
+from shared.store import reads
 from tests.casekit import COUNTY, TOWNSHIP, VILLAGE_A, Kit, applicant, clerk, upload
 
 
@@ -41,8 +42,8 @@ def parent_confirms(kit, monkeypatch):
     """The township answers the village's _revs_diff (its real store)."""
     def confirmed(app, docs_by_case):
         township = kit.store(TOWNSHIP)
-        wanted = retention._leaf_revs(kit.store(VILLAGE_A).db,
-                                      [d for ids in docs_by_case.values() for d in ids])
+        wanted = reads.leaf_revs(kit.store(VILLAGE_A).db,
+                                 [d for ids in docs_by_case.values() for d in ids])
         missing = township.revs_diff(wanted)
         return [n for n, ids in docs_by_case.items() if not set(ids) & set(missing)]
     monkeypatch.setattr(retention, "confirmed_by_parent", confirmed)

@@ -24,6 +24,7 @@ from shared.cases import fold as F
 from shared.cases.index import item_id_of, licences_of, read_case, state_of
 from shared.catalog import active, schema
 from shared.hlc import NodeClock
+from shared.store import reads
 
 logger = logging.getLogger(__name__)
 
@@ -271,8 +272,7 @@ class CaseDesk:
                 "DO UPDATE SET last = last + 1 RETURNING last", (day.isoformat(),)).fetchone()
             number = casedocs.case_number(self.node, day, row[0])
             # A restored backup may lag behind the documents: never reuse a number.
-            if self.db.execute_sql("SELECT 1 FROM document WHERE id = ?",
-                                   ("case:" + number,)).fetchone() is None:
+            if not reads.exists(self.db, "case:" + number):
                 return number
 
     # -- writing ----------------------------------------------------------------------------
@@ -311,8 +311,7 @@ class CaseDesk:
             data, mime = self._scan_content(sha, allowed or {})
             doc_id = scans.scan_id(number, sha)
             # One document per content and case, however many materials it stands for.
-            if doc_id not in written and self.db.execute_sql(
-                    "SELECT 1 FROM document WHERE id = ?", (doc_id,)).fetchone() is None:
+            if doc_id not in written and not reads.exists(self.db, doc_id):
                 docs.append(scans.scan_doc(self.scan_key, number, self.node, data, mime))
                 written.add(doc_id)
             docs.append(self._event(number, "attached", actor, material=index,

@@ -13,6 +13,7 @@ from shared import clock
 from shared.cases import fold as F
 from shared.cases import stats
 from shared.scopes import case_number
+from shared.store import reads
 from shared.store.projections import contained
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,7 @@ def item_id_of(doc_id):
 
 def read_case(db, number):
     """``(header, events)`` of case ``number`` as held in ``db`` (live winners only)."""
-    prefix = f"event:{number}:"
-    rows = db.execute_sql(
-        "SELECT d.id, r.body FROM document d JOIN revision r ON r.doc_id = d.id AND r.rev = d.rev "
-        "WHERE d.deleted = 0 AND (d.id = ? OR (d.id > ? AND d.id < ?))",
-        ("case:" + number, prefix, prefix[:-1] + ";")).fetchall()
+    rows = reads.live_winners(db, "case:" + number, f"event:{number}:")
     header, events = None, []
     for doc_id, text in rows:
         doc = json.loads(text)

@@ -28,6 +28,7 @@ import weakref
 from shared import clock, errors
 from shared.catalog import calendar as cal
 from shared.catalog import release as rel
+from shared.store import reads
 from shared.store import revs as R
 from shared.store.projections import contained
 
@@ -146,11 +147,8 @@ class CatalogActivation:
         """Release document ids above the active number, newest first (a deleted winner
         too: a planted tombstone may sit on top of the genuine revision)."""
         active = active_number(db)
-        rows = db.execute_sql(
-            "SELECT id FROM document WHERE id > ? AND id < ?",
-            (rel.RELEASE_PREFIX, rel.RELEASE_PREFIX[:-1] + ";")).fetchall()
         numbered = []
-        for (doc_id,) in rows:
+        for doc_id in reads.ids_with_prefix(db, rel.RELEASE_PREFIX):
             match = rel.RELEASE_ID.fullmatch(doc_id)
             number = int(match.group(1)) if match else None
             if number is None or number > active:
@@ -314,11 +312,7 @@ class CatalogActivation:
 
 def _deleted_ids(db, doc_ids):
     """The ids among ``doc_ids`` whose winning revision is a deletion."""
-    if not doc_ids:
-        return set()
-    marks = ",".join("?" * len(doc_ids))
-    return {row[0] for row in db.execute_sql(
-        f"SELECT id FROM document WHERE deleted = 1 AND id IN ({marks})", doc_ids).fetchall()}
+    return reads.deleted_among(db, doc_ids)
 
 
 def _alarm(db, doc_id, doc, message):

@@ -24,6 +24,7 @@ from shared.catalog import active, schema
 from shared.catalog import calendar as cal
 from shared.catalog import release as rel
 from shared.models import Account, BaseModel
+from shared.store import reads
 
 logger = logging.getLogger(__name__)
 
@@ -328,8 +329,7 @@ def open_proposal():
 def next_release_number(db):
     """One above every release this node has seen."""
     highest = active.active_number(db)
-    for (doc_id,) in db.execute_sql(
-            "SELECT id FROM document WHERE id > 'release:' AND id < 'release;'").fetchall():
+    for doc_id in reads.ids_with_prefix(db, rel.RELEASE_PREFIX):
         match = rel.RELEASE_ID.fullmatch(doc_id)
         if match:
             highest = max(highest, int(match.group(1)))
@@ -416,9 +416,7 @@ def _release_before(store, number):
     """The release document with the highest number below ``number`` this node holds, or
     None."""
     found = []
-    for (doc_id,) in store.db.execute_sql(
-            "SELECT id FROM document WHERE id > 'release:' AND id < 'release;' "
-            "AND deleted = 0").fetchall():
+    for doc_id in reads.ids_with_prefix(store.db, rel.RELEASE_PREFIX, live=True):
         match = rel.RELEASE_ID.fullmatch(doc_id)
         if match and int(match.group(1)) < number:
             found.append((int(match.group(1)), doc_id))
@@ -515,10 +513,9 @@ def _decide(proposal_id, by):
 def _versions(db):
     """Highest published version of every record id this node holds, by kind."""
     highest = {"item": {}, "agency": {}, "calendar": {}}
-    for (doc_id,) in db.execute_sql(
-            "SELECT id FROM document WHERE (id > 'item:' AND id < 'item;') OR "
-            "(id > 'catalog:agency:' AND id < 'catalog:agency;') OR "
-            "(id > 'catalog:calendar@' AND id < 'catalog:calendarA')").fetchall():
+    ids = [doc_id for prefix in ("item:", "catalog:agency:", "catalog:calendar@")
+           for doc_id in reads.ids_with_prefix(db, prefix)]
+    for doc_id in ids:
         parsed = rel.parse_versioned_id(doc_id)
         if parsed:
             kind, record_id, version = parsed
