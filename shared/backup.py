@@ -35,6 +35,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import urllib.parse
 import zipfile
 import zlib
 from pathlib import Path
@@ -45,7 +46,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 import shared
-from shared import audit, clock, identity
+from shared import audit, clock, identity, supervisor
 from shared import config as cfg
 from shared.errors import ConfigurationError
 from shared.store import reads
@@ -64,6 +65,9 @@ BLOBS = "blobs"
 KEY_FILES = (identity.KEY_FILE, identity.SECRETS_FILE)
 #: Config settings that are secret: sealed with the keys, blanked in the archive's copy.
 SECRET_SETTINGS = ("SECRET_KEY",)
+#: Settings that may carry ``user:password@`` (a replicator account at the parent): the
+#: archive's config has them without the password; the sealed keys hold them whole.
+URL_SETTINGS = ("PARENT_URL", "UPSTREAM_URL")
 PASSPHRASE_ENV = "TONGBAN_BACKUP_PASSPHRASE"
 #: scrypt cost: 32 MiB and about a tenth of a second, also on an old village PC.
 SCRYPT = {"n": 2 ** 15, "r": 8, "p": 1}
@@ -353,8 +357,7 @@ def create(node_dir, archive, passphrase=None, *, keys=True):
         writer = _Writer(partial)
         try:
             writer.add_file(STORE_MEMBER, work / STORE_MEMBER)
-            public_config = {k: ("" if k in SECRET_SETTINGS else v)
-                             for k, v in snap.config.items()}
+            public_config = {k: _public_setting(k, v) for k, v in snap.config.items()}
             writer.add_bytes(CONFIG_MEMBER, (json.dumps(
                 public_config, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
             if snap.head is not None:
@@ -406,9 +409,23 @@ def create(node_dir, archive, passphrase=None, *, keys=True):
 
 
 def _keys_plaintext(snap):
+    sealed = [k for k in (*SECRET_SETTINGS, *URL_SETTINGS)
+              if k in snap.config and _public_setting(k, snap.config[k]) != snap.config[k]]
     return identity.canonical_json({
         "files": {name: identity.b64(data) for name, data in snap.key_files.items()},
-        "settings": {k: snap.config[k] for k in SECRET_SETTINGS if k in snap.config}})
+        "settings": {k: snap.config[k] for k in sealed}})
+
+
+def _public_setting(key, value):
+    """What the archive's readable config holds for ``key``: no secret, no password."""
+    if key in SECRET_SETTINGS:
+        return ""
+    if key in URL_SETTINGS and isinstance(value, str):
+        parts = urllib.parse.urlsplit(value)
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+    return value
 
 
 def _public_key_of(pem):
@@ -649,6 +666,10 @@ def restore(archive, node_dir, passphrase=None, *, force=False, without_keys=Fal
     if occupied and not force:
         raise BackupError(f"{node_dir} is not empty: restore into a new directory, or give "
                           f"--force to move its content aside")
+    if occupied and supervisor.running(node_dir):
+        # Its serve and syncd would go on writing into the directory moved aside.
+        raise BackupError(f"{node_dir} is running (tongban run): stop it before restoring "
+                          "over it")
     node_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{node_dir.name}.restore-", dir=node_dir.parent))
     try:
@@ -688,7 +709,10 @@ def _arrange(work, unpacked):
         if not settings.get(name):
             settings[name] = secrets_module.token_hex(32)  # staff sessions start over
     db_path = settings.get("DB_PATH")
-    if db_path and Path(db_path).is_absolute():
+    # Only a path inside the node directory is followed: an absolute one, or "../…", would
+    # put the store (and replace whatever is there) outside the directory being restored.
+    if db_path and (Path(db_path).is_absolute()
+                    or work.resolve() not in (work / db_path).resolve().parents):
         logger.warning("the backup's DB_PATH %s is outside its node directory: the store is "
                        "restored to %s inside it", db_path, cfg.STORE_FILE)
         settings.pop("DB_PATH")
@@ -790,9 +814,13 @@ def run_scheduled(config, now=None):
         try:
             passphrase = read_passphrase(passphrase_file)
         except BackupError as exc:
-            logger.error("scheduled backup: %s; backing up without the keys", exc)
+            logger.error("scheduled backup: %s; backing up without the keys, and keeping "
+                         "every older archive until the passphrase file is fixed", exc)
     path = directory / archive_name(code, now)
     create(config["NODE_DIR"], path, passphrase, keys=passphrase is not None)
+    if passphrase_file and passphrase is None:
+        # Rotating now would delete, day by day, every archive that can restore the keys.
+        return path
     for _moment, old in _scheduled_archives(directory, code)[:-keep]:
         if old == path:
             continue  # the one just made stays, even beside archives dated in the future

@@ -130,6 +130,9 @@ DEFAULTS = {
     "HEALTH_DISK_FREE_MIN_BYTES": 512 * 1024 * 1024,
     # Seconds /healthz's test write may wait for the store's write lock before "fail".
     "HEALTH_WRITE_TIMEOUT": 5.0,
+    # A scraper on this machine reads /metrics without logging in. Set false behind a
+    # reverse proxy on the same machine: every request would come from loopback.
+    "METRICS_FROM_LOOPBACK": True,
     # -- backups (shared/backup.py, the backup job of every tier) --
     # How often syncd backs the node up: "daily", "hourly" or "off".
     "BACKUP_SCHEDULE": "daily",

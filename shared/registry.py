@@ -272,6 +272,11 @@ def issue_enrolment(store, node_code, tier, *, hours=DEFAULT_ENROLMENT_HOURS, no
     text = "-".join(raw[i:i + 4] for i in range(0, 16, 4))
     with store.db.atomic():
         _enrolment_table(store.db)
+        if replace:
+            # The newest replacement code is the only one: any earlier code of the node
+            # (one thought lost) can no longer enrol a PC.
+            store.db.execute_sql("UPDATE enrolment_code SET used_at = ? WHERE node_code = ? "
+                                 "AND used_at IS NULL", (_iso(now), node_code))
         store.db.execute_sql(
             "INSERT INTO enrolment_code (code_hash, node_code, tier, expires, replaces_key) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -300,7 +305,8 @@ def _take_enrolment(store, enrolment_code, node_code, tier, now):
             raise errors.Forbidden("unknown enrolment code")
         issued_for, issued_tier, expires, used_at, replace = row
         if used_at:
-            raise errors.Forbidden("this enrolment code has already been used")
+            raise errors.Forbidden("this enrolment code has already been used, or a newer "
+                                   "code for the same node replaced it")
         if expires < _iso(now):
             raise errors.Forbidden("this enrolment code has expired")
         if (issued_for, issued_tier) != (node_code, tier):
@@ -313,8 +319,10 @@ def _take_enrolment(store, enrolment_code, node_code, tier, now):
             # node enrolled, used a second time by someone else's PC).
             raise errors.Forbidden(ACTIVE_NODE_REASON.format(code=node_code) + (
                 "ask the county for a code issued with tongban enrol --replace"))
-        store.db.execute_sql("UPDATE enrolment_code SET used_at = ? WHERE code_hash = ?",
-                             (_iso(now), _code_hash(enrolment_code)))
+        # Every other code of the node is used up with it: a second code (one thought lost,
+        # or issued twice) can never replace the key of the PC that enrolled.
+        store.db.execute_sql("UPDATE enrolment_code SET used_at = ? WHERE node_code = ? "
+                             "AND used_at IS NULL", (_iso(now), node_code))
     return bool(replace)
 
 

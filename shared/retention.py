@@ -29,7 +29,7 @@ from flask import current_app
 from shared import clock, errors
 from shared.cases import fold as F
 from shared.scopes import case_documents
-from shared.store import reads
+from shared.store import failures, reads
 
 logger = logging.getLogger(__name__)
 
@@ -135,17 +135,45 @@ def _forget(numbers, last_days, at):
     return forget
 
 
-def purge_cases(store, numbers, last_days=None):
-    """Purge every document of cases ``numbers`` from ``store`` (see the module);
-    returns the number of documents removed."""
-    removed = 0
+def _unchanged(db, numbers, expected):
+    """The cases among ``numbers`` still as they were when they were picked: closed (a
+    case held here), and with exactly the documents and leaf revisions of ``expected``
+    (``{doc_id: [revs]}`` the parent confirmed; None: no revision check)."""
+    marks = ",".join("?" * len(numbers))
+    held = dict(db.execute_sql(
+        f"SELECT number, status IN ({','.join('?' * len(CLOSED_STATUSES))}) "
+        f"AND COALESCE(open_complaints, 0) = 0 FROM case_state WHERE number IN ({marks})",
+        [*CLOSED_STATUSES, *numbers]).fetchall())
+    kept = []
+    for number in numbers:
+        if number in held and not held[number]:
+            continue  # reopened by a complaint or an event that arrived meanwhile
+        if expected is not None:
+            docs = case_documents(db, number)
+            current = reads.leaf_revs(db, docs)
+            if any(sorted(current.get(d, ())) != sorted(expected.get(d, ())) for d in docs):
+                continue  # a revision the parent has not confirmed: never the only copy
+        kept.append(number)
+    return kept
+
+
+def purge_cases(store, numbers, last_days=None, expected=None):
+    """Purge every document of cases ``numbers`` from ``store`` (see the module), each
+    only if it is still closed and, with ``expected``, holds no revision beyond it;
+    returns ``(numbers purged, documents removed)``."""
+    removed, purged = 0, []
     numbers = list(numbers)
     at = clock.utcnow().isoformat()
     for start in range(0, len(numbers), PURGE_BATCH):
-        chunk = numbers[start:start + PURGE_BATCH]
-        ids = [d for number in chunk for d in case_documents(store.db, number)]
-        removed += len(store.purge(ids, also=_forget(chunk, last_days or {}, at)))
-    return removed
+        # The check and the purge in one write transaction: nothing lands in between.
+        with failures.guarded("a purge"), store.db.atomic():
+            chunk = _unchanged(store.db, numbers[start:start + PURGE_BATCH], expected)
+            if not chunk:
+                continue
+            ids = [d for number in chunk for d in case_documents(store.db, number)]
+            removed += len(store.purge(ids, also=_forget(chunk, last_days or {}, at)))
+            purged += chunk
+    return purged, removed
 
 
 def purge_expired(app=None, today=None, *, confirm=True):
@@ -164,6 +192,8 @@ def purge_expired(app=None, today=None, *, confirm=True):
     expired = expired_cases(store.db, today, days)
     orphans = returned_orphans(store.db)
     docs_by_case = {n: case_documents(store.db, n) for n in [*expired, *orphans]}
+    # What the parent is asked about: only these revisions may leave this PC.
+    expected = reads.leaf_revs(store.db, [d for ids in docs_by_case.values() for d in ids])
     if not docs_by_case:
         logger.info("retention: no closed case older than %d days", days)
         return []
@@ -180,8 +210,9 @@ def purge_expired(app=None, today=None, *, confirm=True):
                            "all their documents yet (%s…)", len(kept), kept[0])
     else:
         allowed = set(docs_by_case)
-    numbers = [n for n in docs_by_case if n in allowed]
-    removed = purge_cases(store, numbers, {n: d.isoformat() for n, d in expired.items()})
+    numbers, removed = purge_cases(store, [n for n in docs_by_case if n in allowed],
+                                   {n: d.isoformat() for n, d in expired.items()},
+                                   expected if confirm else None)
     logger.info("retention: purged %d closed cases older than %d days (%d documents); "
                 "they stay at the township and county", len(numbers), days, removed)
     return numbers

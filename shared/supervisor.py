@@ -379,6 +379,18 @@ class Supervisor:
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK")
 
 
+def running(node_dir):
+    """True when a ``tongban run`` holds ``node_dir`` now (its ``run.lock``)."""
+    if not (Path(node_dir) / LOCK_FILE).exists():
+        return False
+    try:
+        handle = _lock(node_dir)
+    except click.ClickException:
+        return True
+    handle.close()
+    return False
+
+
 def _lock(node_dir):
     """Hold ``<node_dir>/run.lock`` for this process's life (released when it ends, even
     by kill -9), or raise ClickException when another ``tongban run`` holds it."""
@@ -428,8 +440,11 @@ def run_station(node_dir, host="127.0.0.1", port=5984, threads=64):
         settings = run_settings(cfg.load_config(node_dir))
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    # A second run on this node is told so, not "port in use" (and a refused start
+    # writes nothing: the lock file is only made once the port is free).
+    lock = _lock(node_dir) if (node_dir / LOCK_FILE).exists() else None
     _check_port(host, port)
-    lock = _lock(node_dir)
+    lock = lock or _lock(node_dir)
     supervisor = Supervisor(node_dir, settings, host=host, port=port, threads=threads)
     handler = logging.handlers.RotatingFileHandler(
         node_dir / LOG_DIR / "run.log", maxBytes=int(settings["RUN_LOG_MAX_BYTES"]),

@@ -228,6 +228,22 @@ def test_restore_refuses_a_non_empty_directory(archive, tmp_path, env_passphrase
     assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "keep me"
 
 
+def test_restore_refuses_a_node_that_is_running(archive, tmp_path, env_passphrase):
+    from shared import supervisor
+
+    target = tmp_path / "live"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me", encoding="utf-8")
+    held = supervisor._lock(target)  # what a tongban run on it holds
+    try:
+        result = tongban("restore", archive[1], target, "--force", check=False)
+    finally:
+        held.close()
+    assert result.returncode != 0 and "is running" in result.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt", "run.lock"]
+    assert not [p for p in tmp_path.iterdir() if ".restore-" in p.name]
+
+
 def test_an_empty_passphrase_is_refused(archive, tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("\n", encoding="utf-8")
@@ -308,3 +324,52 @@ def test_every_tier_schedules_the_backup():
 
     for tier in ("county", "township", "village"):
         assert (backup.backup_job, backup.BACKUP_TRIGGER) in tier_jobs(tier)
+
+
+def test_a_broken_passphrase_file_keeps_every_older_archive(county_app, frozen, tmp_path):
+    with county_app.app_context():
+        for day in (2, 3, 4):
+            frozen.at(date(2026, 3, day), hour=3)
+            assert backup.backup_job() is not None
+        keyed = _backups(county_app)
+        (tmp_path / "pass").unlink()  # moved away, or unreadable
+        for day in (5, 6, 7, 8):
+            frozen.at(date(2026, 3, day), hour=3)
+            assert backup.backup_job() is not None
+    # The keyless backups are made, but nothing that can restore the keys is rotated away.
+    assert set(keyed) <= set(_backups(county_app)) and len(_backups(county_app)) == 7
+
+
+def test_a_password_in_the_parent_url_is_sealed_not_in_clear(tmp_path):
+    node_dir = make_node_dir(tmp_path / "t", tier="township", code="441521101", name="海城镇")
+    secret = "replicator-Pa55-word"
+    from tests.nodeproc import update_config
+    update_config(node_dir, PARENT_URL=f"http://town:{secret}@county.example:5984")
+    path = tmp_path / "t.zip"
+    backup.create(node_dir, path, PASSPHRASE)
+    with zipfile.ZipFile(path) as zf:
+        assert all(secret.encode() not in zf.read(name) for name in zf.namelist())
+        public = json.loads(zf.read("tongban.json"))
+    assert public["PARENT_URL"] == "http://town@county.example:5984"
+    backup.restore(path, tmp_path / "back", PASSPHRASE)
+    restored = json.loads((tmp_path / "back" / "tongban.json").read_text(encoding="utf-8"))
+    assert restored["PARENT_URL"] == f"http://town:{secret}@county.example:5984"
+
+
+def test_restore_keeps_the_store_inside_the_directory_it_restores(tmp_path):
+    # A node whose store is kept beside its directory ("../data/store.sqlite"): restoring
+    # must not write there (it could be another node's live store), only inside.
+    node_dir = make_node_dir(tmp_path / "n")
+    (tmp_path / "data").mkdir()
+    (node_dir / "store.sqlite").rename(tmp_path / "data" / "store.sqlite")
+    from tests.nodeproc import update_config
+    update_config(node_dir, DB_PATH="../data/store.sqlite")
+    path = tmp_path / "n.zip"
+    backup.create(node_dir, path, PASSPHRASE)
+    elsewhere = tmp_path / "restore" / "n"
+    elsewhere.parent.mkdir()
+    (elsewhere.parent.parent / "data-before").mkdir()
+    backup.restore(path, elsewhere, PASSPHRASE)
+    assert (elsewhere / "store.sqlite").is_file()
+    assert not (tmp_path / "restore" / "data").exists()
+    assert "DB_PATH" not in json.loads((elsewhere / "tongban.json").read_text(encoding="utf-8"))

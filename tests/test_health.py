@@ -240,6 +240,10 @@ def test_metrics_only_for_loopback_or_staff(tmp_path):
         local = app.test_client()
         local.environ_base["REMOTE_ADDR"] = "::1"
         assert local.get("/metrics").status_code == 200
+        # Behind a reverse proxy on the same machine every request is "local": off.
+        app.config["METRICS_FROM_LOOPBACK"] = False
+        assert local.get("/metrics").status_code == 403
+        app.config["METRICS_FROM_LOOPBACK"] = True
 
         staff = staff_login(app, "clerk", "pw-clerk-123")
         staff.environ_base["REMOTE_ADDR"] = "192.0.2.8"

@@ -306,7 +306,8 @@ def test_an_active_node_s_key_changes_only_with_replace(county):
     # Two codes issued before the village enrolled: only the first one may be used.
     early, spare = (registry.issue_enrolment(store, VILLAGE, "village") for _ in range(2))
     registry.redeem_enrolment(store, key, _request(early, first_key), region_key=region_key)
-    with pytest.raises(errors.Forbidden, match="registered and active.*--replace"):
+    # (Redeeming one code uses up the node's others.)
+    with pytest.raises(errors.Forbidden, match="already been used"):
         registry.redeem_enrolment(store, key, _request(spare, second_key),
                                   region_key=region_key)
     with pytest.raises(errors.ConfigurationError, match="registered and active.*--replace"):
@@ -327,6 +328,25 @@ def test_an_active_node_s_key_changes_only_with_replace(county):
     assert doc["replaces"] == identity.b64(identity.public_key_bytes(first_key))
     assert doc["status"] == "active" and doc["version"] == revoked["version"] + 1
     assert registry.lookup(store.db, VILLAGE).public_key == identity.public_key_bytes(third_key)
+
+
+def test_only_the_newest_replacement_code_can_enrol(county):
+    from shared import errors, registry
+
+    store, key = county
+    region_key = identity.b64(b"r" * 32)
+    first = registry.issue_enrolment(store, VILLAGE, "village")
+    registry.redeem_enrolment(store, key, _request(first, identity.new_private_key()),
+                              region_key=region_key)
+    # Issued twice (the first one was thought lost): only the second one enrols a PC.
+    lost = registry.issue_enrolment(store, VILLAGE, "village", county_key=key, replace=True)
+    newest = registry.issue_enrolment(store, VILLAGE, "village", county_key=key, replace=True)
+    with pytest.raises(errors.Forbidden, match="a newer code"):
+        registry.redeem_enrolment(store, key, _request(lost, identity.new_private_key()),
+                                  region_key=region_key)
+    pc = identity.new_private_key()
+    registry.redeem_enrolment(store, key, _request(newest, pc), region_key=region_key)
+    assert registry.lookup(store.db, VILLAGE).public_key == identity.public_key_bytes(pc)
 
 
 def test_a_code_issued_before_the_upgrade_still_works(county):

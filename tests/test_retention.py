@@ -101,6 +101,24 @@ def test_nothing_is_purged_that_the_parent_does_not_hold(kit, monkeypatch):
     assert held(kit, VILLAGE_A, number) == 5
 
 
+def test_an_event_written_while_the_parent_answers_keeps_the_case(kit, monkeypatch):
+    # The parent confirmed what it was asked about; a complaint arrives at the village
+    # before the purge. That event exists only here: the case is not purged.
+    kit.frozen.at(datetime.date(2025, 1, 6))
+    number = accept(kit, withdraw=True)
+    kit.sync()
+    parent_confirms(kit, monkeypatch)
+    confirm = retention.confirmed_by_parent
+
+    def confirmed_then_a_complaint(app, docs_by_case):
+        found = confirm(app, docs_by_case)
+        kit.desk(VILLAGE_A).complain(number, "撤回后仍收到催办电话")
+        return found
+    monkeypatch.setattr(retention, "confirmed_by_parent", confirmed_then_a_complaint)
+    assert retention.purge_expired(kit.apps[VILLAGE_A], datetime.date(2026, 6, 1)) == []
+    assert held(kit, VILLAGE_A, number) == 6
+
+
 def test_an_unreachable_parent_means_nothing_is_purged(kit):
     kit.frozen.at(datetime.date(2025, 1, 6))
     number = accept(kit, withdraw=True)

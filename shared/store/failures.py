@@ -30,7 +30,7 @@ def _classify(exc):
         code = getattr(exc, "sqlite_errorcode", None)
         if "database or disk is full" in text or code == sqlite3.SQLITE_FULL:
             return errors.InsufficientStorage("database or disk is full: nothing was stored")
-        if "disk I/O error" in text or (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR):
+        if "disk I/O error" in text or (code is not None and (code & 0xFF) == sqlite3.SQLITE_IOERR):
             return errors.StorageFailed("disk I/O error: nothing was stored")
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return errors.InsufficientStorage("no space left on device: nothing was stored")

@@ -386,8 +386,10 @@ def metrics_text(app=None):
 
 
 def may_read_metrics():
-    """Loopback peers and logged-in staff only (the peer waitress saw, no forwarded-for)."""
-    return request.remote_addr in LOOPBACK or current_staff() is not None
+    """Loopback peers (unless ``METRICS_FROM_LOOPBACK`` is off) and logged-in staff only;
+    the peer is the one waitress saw, never a forwarded-for header."""
+    local = request.remote_addr in LOOPBACK and current_app.config["METRICS_FROM_LOOPBACK"]
+    return local or current_staff() is not None
 
 
 @bp.route("/metrics")
