@@ -27,13 +27,13 @@ import logging
 from flask import current_app
 
 from shared import clock, errors
+from shared import config as cfg
 from shared.cases import fold as F
 from shared.scopes import case_documents
 from shared.store import failures, reads
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RETENTION_DAYS = 365
 CLOSED_STATUSES = (F.DONE, F.WITHDRAWN)
 #: Documents asked about in one ``_revs_diff`` request.
 CONFIRM_BATCH = 500
@@ -51,7 +51,7 @@ RETENTION_TRIGGER = {"trigger": "cron", "hour": 2, "minute": 30}
 
 def retention_days(config):
     """``RETENTION_DAYS`` of ``config`` as a positive int (ConfigurationError otherwise)."""
-    value = config.get("RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+    value = config.get("RETENTION_DAYS", cfg.DEFAULTS["RETENTION_DAYS"])
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise errors.ConfigurationError(
             f"RETENTION_DAYS must be a whole number of days (at least 1), not {value!r}")

@@ -152,6 +152,9 @@ def test_a_lost_village_pc_comes_back_from_its_township(region):
                       check=False)
     assert refused.returncode != 0 and "registered and active" in refused.stderr \
         and "--replace" in refused.stderr
+    # Issued twice (the first thought lost): only the newest code can enrol a PC.
+    lost = tongban("enrol", county.node_dir, "--code", VILLAGE, "--tier", "village",
+                   "--replace").stdout.strip()
     code = tongban("enrol", county.node_dir, "--code", VILLAGE, "--tier", "village",
                    "--replace").stdout.strip()
     # The old key is revoked at once, before any replacement enrols.
@@ -183,10 +186,29 @@ def test_a_lost_village_pc_comes_back_from_its_township(region):
     assert int(next_number.rsplit("-", 1)[1]) == int(numbers[-1].rsplit("-", 1)[1]) + 1
 
     # The old key is refused at the township and at the county (both hold the new key).
+    # The thief writes a case with the old key and tries to push it: refused at the
+    # township and at the county (both hold the new key), and neither store changes.
+    planted = accept_cases(stolen, 1)
+    held = {node.url: node.session().get(node.db_url, timeout=10).json()
+            for node in (town, county)}
     for parent in (town, county):
         nodeproc.update_config(stolen, PARENT_URL=parent.url)
         old = syncd_once(stolen)
         assert old.returncode != 0 and "HTTP 401" in old.stdout, old.stdout + old.stderr
+    for node in (town, county):
+        # (A township's own syncd may report its status meanwhile: no case moved.)
+        since = held[node.url]["update_seq"]
+        changed = [row["id"] for row in node.session().get(
+            f"{node.db_url}/_changes", params={"since": since}, timeout=10).json()["results"]]
+        assert not [d for d in changed if d.startswith(("case:", "event:", "scan:"))]
+        assert case_revs(node, planted) == {}
+    # The superseded code enrols nothing, and the registry entry stays the new PC's.
+    before = county.session().get(f"{county.db_url}/node:{VILLAGE}", timeout=5).json()
+    second = tongban("init", base / "second", "--tier", "village", "--code", VILLAGE,
+                     "--parent", town.url, "--enrol", lost, check=False)
+    assert second.returncode != 0 and "a newer code" in second.stderr, second.stderr
+    assert county.session().get(f"{county.db_url}/node:{VILLAGE}",
+                                timeout=5).json()["_rev"] == before["_rev"]
 
     # The registry's history says the key was replaced, and which one.
     entry = county.session().get(f"{county.db_url}/node:{VILLAGE}", timeout=5).json()

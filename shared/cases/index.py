@@ -7,7 +7,6 @@ not read: the ``attached`` events name them.
 """
 
 import json
-import logging
 
 from shared import clock
 from shared.cases import fold as F
@@ -15,8 +14,6 @@ from shared.cases import stats
 from shared.scopes import case_number
 from shared.store import reads
 from shared.store.projections import contained
-
-logger = logging.getLogger(__name__)
 
 #: The columns queues and pages filter on; the whole fold is in ``state``.
 COLUMNS = ("number", "item_id", "item_name", "status", "stage", "handler", "origin",
